@@ -1,0 +1,210 @@
+"""The engine-independent pipeline of one guarded request.
+
+:meth:`Guard.prepare` runs before generation: rebuild the session from the
+messages, evaluate the policy into allowed actions, compile the grammar and
+render the prompt. :meth:`Guard.finish` runs after: parse the generated
+text, validate the calls again, build the OpenAI assistant message and write
+the audit summary. Engine backends (transformers, vLLM) call both and own
+only the decoding loop in between.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from guardrail.audit.log import AuditSink, RequestAudit
+from guardrail.grammar.compiler import CompiledGrammar, GrammarCompiler, check_tool_schemas
+from guardrail.grammar.formats import ParsedOutput, ToolCallFormat, get_format
+from guardrail.policy.evaluate import AllowedActions, evaluate_policy
+from guardrail.policy.lint import raise_for_lint
+from guardrail.policy.model import Policy
+from guardrail.processors.core import SequenceGuard
+from guardrail.request import ChatRequest
+from guardrail.session import Session, session_from_request
+from guardrail.validation import ValidationResult, validate_output
+
+__all__ = ["Guard", "GuardedResult", "PreparedRequest"]
+
+EnforcementMode = Literal["enforce", "shadow"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    request_id: str
+    request: ChatRequest
+    session: Session
+    actions: AllowedActions
+    grammar: CompiledGrammar
+    prompt: str
+    mode: EnforcementMode
+
+
+@dataclass(frozen=True)
+class GuardedResult:
+    """The outcome of one guarded generation.
+
+    ``message`` is the OpenAI assistant message, or ``None`` when enforce
+    mode found the output invalid (truncated or failing post-validation), in
+    which case nothing of it may be used as a call.
+    """
+
+    request_id: str
+    message: dict[str, Any] | None
+    finish_reason: FinishReason
+    output: ParsedOutput
+    validation: ValidationResult
+    text: str
+
+
+class Guard:
+    """A policy bound to one tokenizer and tool-call format."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        hf_tokenizer: Any,
+        *,
+        tool_format: str | ToolCallFormat = "hermes",
+        vocab_size: int | None = None,
+        alert_threshold: float = 0.5,
+    ) -> None:
+        self.policy = policy
+        self.hf_tokenizer = hf_tokenizer
+        self.format = (
+            get_format(tool_format) if isinstance(tool_format, str) else tool_format
+        )
+        self.compiler = GrammarCompiler(hf_tokenizer, self.format, vocab_size=vocab_size)
+        self.alert_threshold = alert_threshold
+
+    def prepare(
+        self,
+        request: ChatRequest,
+        *,
+        mode: EnforcementMode | None = None,
+        request_id: str | None = None,
+    ) -> PreparedRequest:
+        """Decide what may be generated next and compile it.
+
+        Raises :class:`PolicyError` when the policy does not fit the
+        request's tools and :class:`RequestError` when a tool schema cannot
+        be enforced.
+        """
+        raise_for_lint(self.policy, request.tools)
+        session = session_from_request(request)
+        actions = evaluate_policy(self.policy, request, session)
+        check_tool_schemas(request, actions, self.policy)
+        grammar = self.compiler.compile(actions, self.policy.sha256)
+        prompt = self.format.render_prompt(self.hf_tokenizer, request)
+
+        return PreparedRequest(
+            request_id=request_id or f"req-{uuid.uuid4().hex}",
+            request=request,
+            session=session,
+            actions=actions,
+            grammar=grammar,
+            prompt=prompt,
+            mode=mode or self.policy.mode,
+        )
+
+    def open_audit(
+        self, prepared: PreparedRequest, sink: AuditSink, *, engine: str
+    ) -> RequestAudit:
+        return RequestAudit(
+            sink=sink,
+            request_id=prepared.request_id,
+            session_id=prepared.session.id,
+            policy=self.policy.name,
+            policy_sha256=self.policy.sha256,
+            mode=prepared.mode,
+            engine=engine,
+            alert_threshold=self.alert_threshold,
+        )
+
+    def new_sequence(
+        self, prepared: PreparedRequest, audit: RequestAudit | None
+    ) -> SequenceGuard:
+        """Return the guard of one sequence, wired to ``audit`` if given."""
+        return SequenceGuard(
+            matcher=self.compiler.new_matcher(prepared.grammar),
+            enforce=prepared.mode == "enforce",
+            listener=audit.on_step if audit is not None else None,
+        )
+
+    def finish(
+        self,
+        prepared: PreparedRequest,
+        text: str,
+        *,
+        stopped: bool,
+        sequence: SequenceGuard | None,
+        audit: RequestAudit | None,
+    ) -> GuardedResult:
+        """Parse, validate, build the assistant message and write the summary.
+
+        ``stopped`` tells whether generation ended on end of sequence (as
+        opposed to the token limit).
+        """
+        output = self.format.parse_output(text)
+        validation = validate_output(output, prepared.actions)
+        if not stopped:
+            validation = ValidationResult(
+                passed=False,
+                errors=(*validation.errors, "generation hit the token limit"),
+            )
+
+        enforce = prepared.mode == "enforce"
+        message: dict[str, Any] | None = _assistant_message(output)
+        if enforce and not validation.passed:
+            message = None
+        finish_reason: FinishReason = "length" if not stopped else (
+            "tool_calls" if output.calls and output.error is None else "stop"
+        )
+
+        if audit is not None:
+            audit.complete(
+                finish_reason=finish_reason,
+                allowed_tools=list(prepared.actions.tool_names),
+                tool_choice_mode=prepared.actions.mode,
+                calls=[
+                    {"name": call.name, "arguments": call.arguments}
+                    for call in output.calls
+                ],
+                validation_passed=validation.passed,
+                validation_errors=list(validation.errors),
+                policy_violated=not validation.passed,
+                violation_step=sequence.violation_step if sequence else None,
+                engine_error=sequence.error if sequence else None,
+                output_returned=message is not None,
+            )
+
+        return GuardedResult(
+            request_id=prepared.request_id,
+            message=message,
+            finish_reason=finish_reason,
+            output=output,
+            validation=validation,
+            text=text,
+        )
+
+
+def _assistant_message(output: ParsedOutput) -> dict[str, Any]:
+    if output.error is not None:
+        return {"role": "assistant", "content": output.content or None}
+    message: dict[str, Any] = {"role": "assistant", "content": output.content or None}
+    if output.calls:
+        message["tool_calls"] = [
+            {
+                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "type": "function",
+                "function": {
+                    "name": call.name,
+                    "arguments": json.dumps(call.arguments, ensure_ascii=False),
+                },
+            }
+            for call in output.calls
+        ]
+    return message

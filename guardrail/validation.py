@@ -1,0 +1,57 @@
+"""Post-validation: check generated calls again, independently of the mask.
+
+The mask makes a forbidden call impossible to generate; this check reads the
+finished text with a JSON parser and jsonschema, so a defect in the grammar,
+the engine or a backend that ignored the mask still cannot pass a forbidden
+call on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jsonschema
+
+from guardrail.grammar.formats import ParsedOutput
+from guardrail.policy.evaluate import AllowedActions
+
+__all__ = ["ValidationResult", "validate_output"]
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    passed: bool
+    errors: tuple[str, ...] = ()
+
+
+def validate_output(output: ParsedOutput, actions: AllowedActions) -> ValidationResult:
+    """Check every call of ``output`` against ``actions``.
+
+    Fails on unparsable call text, a call in ``none`` mode, a missing call in
+    ``required`` mode, a name not allowed at this step, more than one call
+    when parallel calls are off, and arguments that break the narrowed schema.
+    """
+    errors: list[str] = []
+    if output.error is not None:
+        errors.append(f"malformed tool call: {output.error}")
+
+    if actions.mode == "none" and output.calls:
+        errors.append("a tool call was generated although tool_choice is 'none'")
+    if actions.mode == "required" and actions.tools and not output.calls:
+        errors.append("no tool call was generated although one is required")
+    if not actions.parallel_calls and len(output.calls) > 1:
+        errors.append(f"{len(output.calls)} calls generated; parallel calls are off")
+
+    for index, call in enumerate(output.calls):
+        allowed = actions.tool(call.name)
+        if allowed is None:
+            errors.append(f"calls[{index}]: tool {call.name!r} is not allowed")
+            continue
+        validator = jsonschema.Draft202012Validator(allowed.parameters)
+        for problem in validator.iter_errors(call.arguments):
+            where = "".join(f"[{part!r}]" for part in problem.absolute_path)
+            errors.append(
+                f"calls[{index}] {call.name}: arguments{where}: {problem.message}"
+            )
+
+    return ValidationResult(passed=not errors, errors=tuple(errors))
