@@ -16,7 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from guardrail.audit.log import AuditSink, RequestAudit
-from guardrail.grammar.compiler import CompiledGrammar, GrammarCompiler, check_tool_schemas
+from guardrail.grammar.compiler import (
+    CompiledGrammar,
+    GrammarCompiler,
+    check_tool_schemas,
+)
 from guardrail.grammar.formats import ParsedOutput, ToolCallFormat, get_format
 from guardrail.policy.evaluate import AllowedActions, evaluate_policy
 from guardrail.policy.lint import raise_for_lint
@@ -77,7 +81,9 @@ class Guard:
         self.format = (
             get_format(tool_format) if isinstance(tool_format, str) else tool_format
         )
-        self.compiler = GrammarCompiler(hf_tokenizer, self.format, vocab_size=vocab_size)
+        self.compiler = GrammarCompiler(
+            hf_tokenizer, self.format, vocab_size=vocab_size
+        )
         self.alert_threshold = alert_threshold
 
     def prepare(
@@ -160,8 +166,10 @@ class Guard:
         message: dict[str, Any] | None = _assistant_message(output)
         if enforce and not validation.passed:
             message = None
-        finish_reason: FinishReason = "length" if not stopped else (
-            "tool_calls" if output.calls and output.error is None else "stop"
+        finish_reason: FinishReason = (
+            "length"
+            if not stopped
+            else ("tool_calls" if output.calls and output.error is None else "stop")
         )
 
         if audit is not None:

@@ -238,7 +238,10 @@ def _check_tools(request: ChatRequest) -> None:
 
 def _check_tool_choice(request: ChatRequest) -> None:
     choice = request.tool_choice
-    if isinstance(choice, NamedToolChoice) and request.tool(choice.function.name) is None:
+    if (
+        isinstance(choice, NamedToolChoice)
+        and request.tool(choice.function.name) is None
+    ):
         raise RequestError(
             f"tool_choice names {choice.function.name!r}, which is not in 'tools'; "
             f"available: {', '.join(request.tool_names) or 'none'}",

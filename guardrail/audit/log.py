@@ -86,8 +86,7 @@ class AuditSink:
                 self.failed += 1
                 self.last_error = str(err)
                 raise AuditError(
-                    f"audit event {event!r} could not be written to {self.name}: "
-                    f"{err}"
+                    f"audit event {event!r} could not be written to {self.name}: {err}"
                 ) from err
             self.written += 1
 

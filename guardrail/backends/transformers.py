@@ -40,7 +40,9 @@ class TransformersBackend:
                 "`guardrail model prepare` or pass --model with a checkpoint folder"
             )
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                folder, local_files_only=True
+            )
             self.model = AutoModelForCausalLM.from_pretrained(
                 folder, local_files_only=True, dtype=torch.float32
             ).to(device)

@@ -39,7 +39,9 @@ EXIT_INPUT = 2
 def _fail(err: GuardrailError) -> NoReturn:
     code = EXIT_INPUT if isinstance(err, InputError) else EXIT_INTERNAL
     kind = "invalid input" if code == EXIT_INPUT else "error"
-    stderr.print(f"[bold red]{kind}:[/] {escape(str(err))}", markup=True, soft_wrap=True)
+    stderr.print(
+        f"[bold red]{kind}:[/] {escape(str(err))}", markup=True, soft_wrap=True
+    )
     raise typer.Exit(code)
 
 
@@ -69,23 +71,30 @@ def run(
     policy: Annotated[Path, typer.Option(help="Policy YAML file.")],
     messages: Annotated[
         Path,
-        typer.Option(help="OpenAI chat-completions request body (JSON) with "
-                     "'messages' and 'tools'."),
+        typer.Option(
+            help="OpenAI chat-completions request body (JSON) with "
+            "'messages' and 'tools'."
+        ),
     ],
     model: Annotated[
         Path | None,
-        typer.Option(help="Hugging Face checkpoint folder. Default: the prepared "
-                     "SmolLM2-135M-Instruct, prepared on first use."),
+        typer.Option(
+            help="Hugging Face checkpoint folder. Default: the prepared "
+            "SmolLM2-135M-Instruct, prepared on first use."
+        ),
     ] = None,
     mode: Annotated[
         str | None,
-        typer.Option(help="enforce (mask) or shadow (measure only). Default: the "
-                     "policy's mode."),
+        typer.Option(
+            help="enforce (mask) or shadow (measure only). Default: the policy's mode."
+        ),
     ] = None,
     tool_choice: Annotated[
         str | None,
-        typer.Option(help="auto, none, required, or a tool name; overrides the "
-                     "request's tool_choice."),
+        typer.Option(
+            help="auto, none, required, or a tool name; overrides the "
+            "request's tool_choice."
+        ),
     ] = None,
     audit_log: Annotated[
         Path | None,
@@ -173,8 +182,11 @@ def _prepare(target: Path, *, force: bool) -> Path:
 def model_prepare(
     directory: Annotated[
         Path | None,
-        typer.Option("--dir", help="Target folder. Default: "
-                     "$GUARDRAIL_HOME/models/SmolLM2-135M-Instruct."),
+        typer.Option(
+            "--dir",
+            help="Target folder. Default: "
+            "$GUARDRAIL_HOME/models/SmolLM2-135M-Instruct.",
+        ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Convert again even if present.")] = False,
 ) -> None:
@@ -193,8 +205,10 @@ def policy_check(
     files: Annotated[list[Path], typer.Argument(help="Policy YAML files.")],
     tools: Annotated[
         Path | None,
-        typer.Option(help="JSON file with an OpenAI 'tools' list (or a request "
-                     "body with 'tools') to lint the policies against."),
+        typer.Option(
+            help="JSON file with an OpenAI 'tools' list (or a request "
+            "body with 'tools') to lint the policies against."
+        ),
     ] = None,
 ) -> None:
     """Validate policy files, and lint them against tool schemas if given."""
@@ -224,7 +238,9 @@ def policy_check(
             problems.extend(lint_policy(loaded, tool_list))
 
     for problem in problems:
-        stderr.print(f"[bold red]error:[/] {escape(str(problem))}", markup=True, soft_wrap=True)
+        stderr.print(
+            f"[bold red]error:[/] {escape(str(problem))}", markup=True, soft_wrap=True
+        )
     if problems:
         raise typer.Exit(EXIT_INPUT)
     stderr.print(f"{len(files)} policy file(s) valid")

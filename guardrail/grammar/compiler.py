@@ -142,8 +142,10 @@ def _schema_problem(schema: dict[str, Any]) -> str:
 
 def _fingerprint(hf_tokenizer: Any, vocab_size: int) -> str:
     backend = getattr(hf_tokenizer, "backend_tokenizer", None)
-    source = backend.to_str() if backend is not None else json.dumps(
-        hf_tokenizer.get_vocab(), sort_keys=True
+    source = (
+        backend.to_str()
+        if backend is not None
+        else json.dumps(hf_tokenizer.get_vocab(), sort_keys=True)
     )
     digest = hashlib.sha256(f"{vocab_size}\n{source}".encode()).hexdigest()
     return digest[:16]

@@ -1,4 +1,7 @@
-"""The Hermes/Qwen tool-call format: ``<tool_call>{"name": ..., "arguments": ...}</tool_call>``.
+"""The Hermes/Qwen tool-call format: ``<tool_call>{...}</tool_call>``.
+
+Each call is a JSON object ``{"name": ..., "arguments": {...}}`` between the
+tags.
 
 The grammar is written in llguidance's Lark dialect with one inline ``%json``
 schema that lists every allowed tool as an ``anyOf`` branch, so the tool name

@@ -21,8 +21,8 @@ __all__ = [
     "SUPPORTED_KEYWORDS",
     "ConstraintProblem",
     "check_constraint",
-    "narrow_property",
     "narrow_parameters",
+    "narrow_property",
 ]
 
 _ANY = {"enum", "const"}
@@ -41,8 +41,18 @@ SUPPORTED_KEYWORDS["number"] = SUPPORTED_KEYWORDS["integer"]
 
 # Formats the grammar engine (llguidance 1.7) can enforce token by token.
 SUPPORTED_FORMATS = frozenset(
-    {"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6",
-     "uuid", "uri"}
+    {
+        "date-time",
+        "time",
+        "date",
+        "duration",
+        "email",
+        "hostname",
+        "ipv4",
+        "ipv6",
+        "uuid",
+        "uri",
+    }
 )
 
 _UPPER = {"maximum", "exclusiveMaximum", "maxLength", "maxItems"}
@@ -139,7 +149,9 @@ def _check_value(keyword: str, value: Any, property_schema: Mapping[str, Any]) -
         _check_instance(keyword, value, property_schema)
 
 
-def _check_instance(keyword: str, value: Any, property_schema: Mapping[str, Any]) -> None:
+def _check_instance(
+    keyword: str, value: Any, property_schema: Mapping[str, Any]
+) -> None:
     try:
         jsonschema.validate(value, dict(property_schema))
     except jsonschema.ValidationError as err:

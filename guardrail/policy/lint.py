@@ -11,7 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from guardrail.errors import PolicyError
-from guardrail.policy.constraints import ConstraintProblem, check_constraint, narrow_property
+from guardrail.policy.constraints import (
+    ConstraintProblem,
+    check_constraint,
+    narrow_property,
+)
 from guardrail.policy.loader import suggest
 from guardrail.policy.model import Policy
 from guardrail.request import Tool

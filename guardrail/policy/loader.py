@@ -54,8 +54,7 @@ def load_policy_text(data: bytes | str, *, source: str = "<string>") -> Policy:
     document = _parse_yaml(text, source)
     if not isinstance(document, Mapping):
         raise PolicyError(
-            "a policy file must be a YAML mapping with at least 'policy:' and "
-            "'tools:'",
+            "a policy file must be a YAML mapping with at least 'policy:' and 'tools:'",
             source=source,
             line=1,
         )
@@ -109,9 +108,7 @@ def _plain(node: Any) -> Any:
 _INTERNAL_FIELDS = {"source", "sha256", "lines"}
 
 
-def _policy_error(
-    err: ValidationError, document: Any, source: str
-) -> PolicyError:
+def _policy_error(err: ValidationError, document: Any, source: str) -> PolicyError:
     first = err.errors()[0]
     loc = tuple(first["loc"])
     dotted = ".".join(str(part) for part in loc) or "(top level)"

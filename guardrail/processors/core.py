@@ -134,8 +134,8 @@ class TokenMasker:
 
         Rows without a guard are not touched. An enforcing guard whose grammar
         is complete or in error allows only end of sequence; a shadow guard
-        in that state is skipped. Cost: one llguidance mask per guarded row (about 10-500 us)
-        plus a few vectorized passes over ``[rows, vocab]``.
+        in that state is skipped. Cost: one llguidance mask per guarded row
+        (about 10-500 us) plus a few vectorized passes over ``[rows, vocab]``.
         """
         records: list[StepRecord | None] = [None] * len(guards)
         rows = [i for i, guard in enumerate(guards) if guard is not None]
@@ -167,7 +167,11 @@ class TokenMasker:
             if guard.enforce:
                 logits[row].masked_fill_(~allowed[slot], float("-inf"))
             record = self._record(
-                guard, masses[slot], allowed[slot], top_values[slot], top_ids[slot],
+                guard,
+                masses[slot],
+                allowed[slot],
+                top_values[slot],
+                top_ids[slot],
                 forced=forced[slot],
             )
             records[row] = record
@@ -180,7 +184,9 @@ class TokenMasker:
             self._bitmask = allocate_token_bitmask(rows, self.vocab_size)
         return self._bitmask[:rows]
 
-    def _fill_row(self, guard: SequenceGuard | None, bitmask: torch.Tensor, slot: int) -> str:
+    def _fill_row(
+        self, guard: SequenceGuard | None, bitmask: torch.Tensor, slot: int
+    ) -> str:
         """Fill one bitmask row and say whether it is a mask or end of sequence only.
 
         An enforcing guard whose matcher has stopped (the grammar is complete)

@@ -1,0 +1,35 @@
+# Set-up and the two everyday commands. `make demo` runs the main job on an
+# example conversation with the default model; `make test` runs the tests.
+# Both create the virtual environment and prepare the model on first use.
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+export GUARDRAIL_HOME ?= $(CURDIR)/.cache/guardrail
+
+.PHONY: install demo test lint model
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, so pip takes the CPU wheel (PIP_FIND_LINKS) instead of
+	# resolving a CUDA build for the packages that depend on it.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+model: install
+	$(BIN)/guardrail model prepare
+
+demo: model
+	$(BIN)/guardrail run --policy policies/support-agent.yaml \
+		--messages examples/refund.json
+
+lint: install
+	$(BIN)/ruff check guardrail tests
+	$(BIN)/ruff format --check guardrail tests
+
+test: model lint
+	$(BIN)/python -m pytest -q
