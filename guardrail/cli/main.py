@@ -26,9 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 model_app = typer.Typer(help="Prepare the default model.", no_args_is_help=True)
-policy_app = typer.Typer(help="Check policy files.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
-app.add_typer(policy_app, name="policy")
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -36,7 +34,7 @@ EXIT_INTERNAL = 1
 EXIT_INPUT = 2
 
 
-def _fail(err: GuardrailError) -> NoReturn:
+def fail(err: GuardrailError) -> NoReturn:
     code = EXIT_INPUT if isinstance(err, InputError) else EXIT_INTERNAL
     kind = "invalid input" if code == EXIT_INPUT else "error"
     stderr.print(
@@ -45,7 +43,7 @@ def _fail(err: GuardrailError) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _read_json(path: Path, what: str) -> Any:
+def read_json(path: Path, what: str) -> Any:
     from guardrail.errors import RequestError
 
     try:
@@ -115,7 +113,7 @@ def run(
         if mode is not None and mode not in {"enforce", "shadow"}:
             raise _option_error(f"--mode must be enforce or shadow, got {mode!r}")
         loaded = load_policy(policy)
-        body = _read_json(messages, "messages")
+        body = read_json(messages, "messages")
         if tool_choice is not None and isinstance(body, dict):
             body = {**body, "tool_choice": _tool_choice(tool_choice)}
         request = parse_chat_request(body)
@@ -136,7 +134,7 @@ def run(
         finally:
             sink.close()
     except GuardrailError as err:
-        _fail(err)
+        fail(err)
 
     if result.message is None:
         reasons = "; ".join(result.validation.errors)
@@ -196,54 +194,17 @@ def model_prepare(
     try:
         path = _prepare(directory or default_model_dir(), force=force)
     except GuardrailError as err:
-        _fail(err)
+        fail(err)
     sys.stdout.write(f"{path}\n")
 
 
-@policy_app.command("check")
-def policy_check(
-    files: Annotated[list[Path], typer.Argument(help="Policy YAML files.")],
-    tools: Annotated[
-        Path | None,
-        typer.Option(
-            help="JSON file with an OpenAI 'tools' list (or a request "
-            "body with 'tools') to lint the policies against."
-        ),
-    ] = None,
-) -> None:
-    """Validate policy files, and lint them against tool schemas if given."""
-    from guardrail.errors import PolicyError
-    from guardrail.policy.lint import lint_policy
-    from guardrail.policy.loader import load_policy
-    from guardrail.request import parse_chat_request
+def _register_subcommands() -> None:
+    from guardrail.cli.policy import policy_app
 
-    problems: list[PolicyError] = []
-    tool_list: list[Any] | None = None
-    try:
-        if tools is not None:
-            body = _read_json(tools, "tools")
-            if isinstance(body, list):
-                body = {"messages": [{"role": "user", "content": ""}], "tools": body}
-            tool_list = parse_chat_request(body).tools
-    except GuardrailError as err:
-        _fail(err)
+    app.add_typer(policy_app, name="policy")
 
-    for file in files:
-        try:
-            loaded = load_policy(file)
-        except PolicyError as err:
-            problems.append(err)
-            continue
-        if tool_list is not None:
-            problems.extend(lint_policy(loaded, tool_list))
 
-    for problem in problems:
-        stderr.print(
-            f"[bold red]error:[/] {escape(str(problem))}", markup=True, soft_wrap=True
-        )
-    if problems:
-        raise typer.Exit(EXIT_INPUT)
-    stderr.print(f"{len(files)} policy file(s) valid")
+_register_subcommands()
 
 
 def main() -> None:
