@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from guardrail.audit.log import AuditSink, RequestAudit
 from guardrail.grammar.compiler import (
@@ -25,10 +25,12 @@ from guardrail.grammar.formats import ParsedOutput, ToolCallFormat, get_format
 from guardrail.policy.evaluate import AllowedActions, evaluate_policy
 from guardrail.policy.lint import raise_for_lint
 from guardrail.policy.model import Policy
-from guardrail.processors.core import SequenceGuard
 from guardrail.request import ChatRequest
 from guardrail.session import Session, session_from_request
 from guardrail.validation import ValidationResult, validate_output
+
+if TYPE_CHECKING:
+    from guardrail.processors.core import SequenceGuard
 
 __all__ = ["Guard", "GuardedResult", "PreparedRequest"]
 
@@ -134,6 +136,8 @@ class Guard:
         self, prepared: PreparedRequest, audit: RequestAudit | None
     ) -> SequenceGuard:
         """Return the guard of one sequence, wired to ``audit`` if given."""
+        from guardrail.processors.core import SequenceGuard
+
         return SequenceGuard(
             matcher=self.compiler.new_matcher(prepared.grammar),
             enforce=prepared.mode == "enforce",

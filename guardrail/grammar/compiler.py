@@ -16,7 +16,6 @@ from threading import Lock
 from typing import TYPE_CHECKING, Any
 
 import llguidance
-import llguidance.hf
 
 from guardrail.errors import GrammarError, PolicyError, RequestError
 from guardrail.grammar.formats import ToolCallFormat
@@ -51,6 +50,8 @@ class GrammarCompiler:
         vocab_size: int | None = None,
         cache_size: int = 256,
     ) -> None:
+        import llguidance.hf
+
         self.format = tool_format
         self.vocab_size = vocab_size or len(hf_tokenizer)
         self.tokenizer = llguidance.hf.from_tokenizer(
