@@ -11,12 +11,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from guardrail.cli.common import (
+    EXIT_INTERNAL,
+    fail,
+    read_json,
+    stderr,
+)
 from guardrail.errors import GuardrailError, InputError
 
 app = typer.Typer(
@@ -27,35 +32,6 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Prepare the default model.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
-
-stderr = Console(stderr=True, highlight=False)
-
-EXIT_INTERNAL = 1
-EXIT_INPUT = 2
-
-
-def fail(err: GuardrailError) -> NoReturn:
-    code = EXIT_INPUT if isinstance(err, InputError) else EXIT_INTERNAL
-    kind = "invalid input" if code == EXIT_INPUT else "error"
-    stderr.print(
-        f"[bold red]{kind}:[/] {escape(str(err))}", markup=True, soft_wrap=True
-    )
-    raise typer.Exit(code)
-
-
-def read_json(path: Path, what: str) -> Any:
-    from guardrail.errors import RequestError
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise RequestError(f"cannot read {what} file {path}: {err.strerror}") from err
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise RequestError(
-            f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg})"
-        ) from err
 
 
 def _tool_choice(value: str) -> Any:

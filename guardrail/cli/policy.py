@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from guardrail.cli.main import EXIT_INPUT, fail, read_json, stderr
+from guardrail.cli.common import EXIT_INPUT, fail, read_json, stderr
 from guardrail.errors import GuardrailError
 
 policy_app = typer.Typer(help="Check policy files.", no_args_is_help=True)

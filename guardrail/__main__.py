@@ -1,0 +1,5 @@
+"""Run the CLI with ``python -m guardrail``."""
+
+from guardrail.cli.main import main
+
+main()
