@@ -109,7 +109,7 @@ def test_shadow_masks_nothing(backend):
 
 
 def test_auto_mode_injected_result_has_no_forbidden_call(backend):
-    request, result, events = run_example(backend, "injected-result", "enforce")
+    _, result, events = run_example(backend, "injected-result", "enforce")
     assert result.message is not None
     for call in result.message.get("tool_calls", []):
         assert call["function"]["name"] in ALLOWED
