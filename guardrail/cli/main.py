@@ -176,8 +176,10 @@ def model_prepare(
 
 def _register_subcommands() -> None:
     from guardrail.cli.policy import policy_app
+    from guardrail.cli.serve import serve
 
     app.add_typer(policy_app, name="policy")
+    app.command()(serve)
 
 
 _register_subcommands()
