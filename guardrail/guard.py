@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from guardrail.audit.context import open_request_audit
 from guardrail.audit.log import AuditSink, RequestAudit
 from guardrail.grammar.compiler import (
     CompiledGrammar,
@@ -121,14 +122,12 @@ class Guard:
     def open_audit(
         self, prepared: PreparedRequest, sink: AuditSink, *, engine: str
     ) -> RequestAudit:
-        return RequestAudit(
-            sink=sink,
-            request_id=prepared.request_id,
-            session_id=prepared.session.id,
-            policy=self.policy.name,
-            policy_sha256=self.policy.sha256,
-            mode=prepared.mode,
+        return open_request_audit(
+            sink,
+            prepared,
+            self.policy,
             engine=engine,
+            decode_bytes=self.compiler.tokenizer.decode_bytes,
             alert_threshold=self.alert_threshold,
         )
 
@@ -155,8 +154,8 @@ class Guard:
     ) -> GuardedResult:
         """Parse, validate, build the assistant message and write the summary.
 
-        ``stopped`` tells whether generation ended on end of sequence (as
-        opposed to the token limit).
+        ``stopped`` is True when generation ended on end of sequence and
+        False when it hit the token limit.
         """
         output = self.format.parse_output(text)
         validation = validate_output(output, prepared.actions)

@@ -1,6 +1,6 @@
 """The masking core shared by every engine backend.
 
-One :class:`SequenceGuard` per generated sequence holds its llguidance
+One :class:`SequenceGuard` per generated sequence owns its llguidance
 matcher. :class:`TokenMasker` takes a batch of float logits and the guards of
 its rows and, in one pass per step:
 
@@ -40,7 +40,7 @@ class BlockedToken:
 
 @dataclass(frozen=True)
 class StepRecord:
-    """What the mask did at one decoding step of one sequence.
+    """Record of the mask at one decoding step of one sequence.
 
     ``blocked_mass`` is in [0, 1] at temperature 1. ``forced_eos`` marks a
     step where nothing was allowed and end of sequence was forced.
@@ -61,8 +61,8 @@ class SequenceGuard:
     """State of one guarded sequence: its matcher and what it has seen.
 
     ``enforce`` False is shadow mode: masks are computed and audited but not
-    applied, and the first sampled token the grammar rejects is recorded as
-    ``violation_step``; from then on nothing more can be measured.
+    applied. The first sampled token the grammar rejects is recorded as
+    ``violation_step``, and after it nothing more can be measured.
     """
 
     matcher: LLMatcher
@@ -187,7 +187,7 @@ class TokenMasker:
     def _fill_row(
         self, guard: SequenceGuard | None, bitmask: torch.Tensor, slot: int
     ) -> str:
-        """Fill one bitmask row and say whether it is a mask or end of sequence only.
+        """Fill one bitmask row; return whether it is a mask or end of sequence only.
 
         An enforcing guard whose matcher has stopped (the grammar is complete)
         or failed allows only end of sequence: a guarded row is never left
