@@ -116,7 +116,9 @@ class TransformersBackend:
         stopped = bool(new_tokens) and new_tokens[-1] == guard.compiler.eos_token_id
         if stopped:
             sequence.accept_token(new_tokens[-1])
-        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+            new_tokens = new_tokens[:-1]
+        # Special tokens stay in the text: a call marker may be one of them.
+        text = self.tokenizer.decode(new_tokens, skip_special_tokens=False)
 
         return guard.finish(
             prepared, text, stopped=stopped, sequence=sequence, audit=audit

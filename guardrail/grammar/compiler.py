@@ -58,6 +58,9 @@ class GrammarCompiler:
             hf_tokenizer, n_vocab=self.vocab_size
         )
         self.eos_token_id = int(self.tokenizer.eos_token)
+        self.special_markers = _special_markers(
+            hf_tokenizer, self.tokenizer, tool_format.markers
+        )
         self.fingerprint = _fingerprint(hf_tokenizer, self.vocab_size)
         self._cache: OrderedDict[tuple[str, str, str], CompiledGrammar] = OrderedDict()
         self._cache_size = cache_size
@@ -75,7 +78,7 @@ class GrammarCompiler:
                 self.hits += 1
                 return cached
 
-        text = self.format.build_grammar(actions)
+        text = self.format.build_grammar(actions, self.special_markers)
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
             text, self.tokenizer
         )
@@ -139,6 +142,18 @@ def _schema_problem(schema: dict[str, Any]) -> str:
     grammar = llguidance.LLMatcher.grammar_from_json_schema(schema)
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     return messages[0] if is_error else ""
+
+
+def _special_markers(
+    hf_tokenizer: Any, tokenizer: llguidance.LLTokenizer, markers: tuple[str, ...]
+) -> frozenset[str]:
+    """Return the markers that the tokenizer encodes as one special token."""
+    special: set[str] = set()
+    for marker in markers:
+        ids = hf_tokenizer.encode(marker, add_special_tokens=False)
+        if len(ids) == 1 and tokenizer.is_special_token(ids[0]):
+            special.add(marker)
+    return frozenset(special)
 
 
 def _fingerprint(hf_tokenizer: Any, vocab_size: int) -> str:

@@ -41,13 +41,21 @@ class ParsedOutput:
 
 class ToolCallFormat(Protocol):
     name: str
+    markers: tuple[str, ...]
+    """Literal texts that delimit calls, such as ``<tool_call>``."""
 
     def render_prompt(self, tokenizer: Any, request: ChatRequest) -> str:
         """Return the prompt text, tools included, ready for generation."""
         ...
 
-    def build_grammar(self, actions: AllowedActions) -> str:
-        """Return an llguidance grammar that admits only the allowed calls."""
+    def build_grammar(
+        self, actions: AllowedActions, special_markers: frozenset[str] = ...
+    ) -> str:
+        """Return an llguidance grammar that admits only the allowed calls.
+
+        ``special_markers`` are the markers that the tokenizer encodes as one
+        special token each.
+        """
         ...
 
     def parse_output(self, text: str) -> ParsedOutput:

@@ -79,32 +79,43 @@ class HermesFormat:
         )
         return str(rendered)
 
-    def build_grammar(self, actions: AllowedActions) -> str:
+    markers = (CALL_START, CALL_END)
+
+    def build_grammar(
+        self, actions: AllowedActions, special_markers: frozenset[str] = frozenset()
+    ) -> str:
         """Return the Lark grammar for ``actions`` (see the module docstring).
 
         ``none`` allows free text that never contains ``<tool_call>``;
         ``auto`` allows that text or text followed by calls; ``required``
         starts with a call. With no tool left, the grammar is empty text, so
-        end of sequence is the only token.
+        end of sequence is the only token. Markers listed in
+        ``special_markers`` are single special tokens in the tokenizer and
+        are matched as tokens, because llguidance never matches special
+        tokens as text.
         """
         if actions.mode == "none" or (actions.mode == "auto" and not actions.tools):
             return _lark("start: TEXT")
         if not actions.tools:
             return _lark('start: ""')
 
+        start_tag = _marker(CALL_START, special_markers)
+        end_tag = _marker(CALL_END, special_markers)
         calls = "call WS"
         if actions.parallel_calls:
             more = MAX_PARALLEL_CALLS - 1
-            calls = f'call (SEP "{CALL_START}" call){{0,{more}}} WS'
-        if actions.mode == "auto":
-            start = f"start: TEXT | text_then_trigger {calls}"
+            calls = f"call (SEP {start_tag} call){{0,{more}}} WS"
+        if actions.mode == "required":
+            start = f"start: WS {start_tag} {calls}"
+        elif CALL_START in special_markers:
+            start = f"start: TEXT | TEXT {start_tag} {calls}"
         else:
-            start = f'start: WS "{CALL_START}" {calls}'
+            start = f"start: TEXT | text_then_trigger {calls}"
 
         rules = [
             start,
-            f'text_then_trigger[lazy]: ANY "{CALL_START}"',
-            f'call: WS arguments WS "{CALL_END}"',
+            f"text_then_trigger[lazy]: ANY {start_tag}",
+            f"call: WS arguments WS {end_tag}",
             "arguments: %json " + json.dumps(_call_schema(actions)),
         ]
         return _lark("\n".join(rules))
@@ -142,6 +153,10 @@ class HermesFormat:
             position = _skip_space(text, position + len(CALL_END))
 
         return ParsedOutput(content=content, calls=tuple(calls))
+
+
+def _marker(text: str, special_markers: frozenset[str]) -> str:
+    return text if text in special_markers else json.dumps(text)
 
 
 def _lark(body: str) -> str:

@@ -226,3 +226,59 @@ def test_compiler_caches_by_allowed_set(compiler):
     assert compiler.hits == hits + 1
     other = compiler.compile(actions, "sha-b")
     assert other is not first
+
+
+@pytest.fixture(scope="module")
+def special_compiler(model_dir) -> GrammarCompiler:
+    """The SmolLM2 tokenizer with both call markers added as special tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<tool_call>", "</tool_call>"]}
+    )
+    return GrammarCompiler(tokenizer, HermesFormat(), vocab_size=len(tokenizer))
+
+
+def special_ids(compiler):
+    return [
+        compiler.tokenizer.tokenize_str(marker)
+        for marker in ("<tool_call>", "</tool_call>")
+    ]
+
+
+def test_special_markers_are_detected(special_compiler, compiler):
+    assert special_compiler.special_markers == {"<tool_call>", "</tool_call>"}
+    assert compiler.special_markers == frozenset()
+
+
+def test_special_marker_call_is_accepted(special_compiler):
+    start, end = special_ids(special_compiler)
+    assert len(start) == len(end) == 1
+    body = '{"name": "search_orders", "arguments": {"customer_id": "C123456"}}'
+    tokens = (
+        special_compiler.tokenizer.tokenize_str("Checking. ")
+        + start
+        + special_compiler.tokenizer.tokenize_str(body)
+        + end
+    )
+    matcher = matcher_for(special_compiler)
+    assert matcher.consume_tokens(tokens)
+    assert matcher.is_accepting()
+
+
+def test_special_marker_text_spelling_is_not_a_call(special_compiler):
+    """With a special start token, the same letters typed as text stay text."""
+    matcher = matcher_for(special_compiler, mode="required")
+    spelled = [
+        t
+        for piece in ["<", "tool", "_", "call", ">"]
+        for t in special_compiler.tokenizer.tokenize_str(piece)
+    ]
+    assert not matcher.consume_tokens(spelled)
+
+
+def test_special_marker_none_mode_blocks_token(special_compiler):
+    start, _ = special_ids(special_compiler)
+    matcher = matcher_for(special_compiler, mode="none")
+    assert start[0] not in allowed_ids(special_compiler, matcher)
