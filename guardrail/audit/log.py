@@ -1,15 +1,22 @@
 """Audit events as structlog JSON lines.
 
-Two event names, both with ``schema_version`` and the join keys
-``request_id``, ``session_id``, ``policy``, ``policy_sha256``, ``mode`` and
-``engine``:
+Three event names, each with ``schema_version``, ``timestamp`` and the join
+keys ``request_id``, ``session_id``, ``policy``, ``policy_sha256``, ``mode``
+and ``engine``:
 
 - ``decode_step``: one per guarded decoding step: ``step``,
   ``blocked_mass``, ``allowed_tokens``, ``top_blocked`` (token id, text,
-  probability) and ``forced_eos`` when nothing was allowed.
+  probability), ``forced_eos`` when nothing was allowed and, at steps with
+  enough blocked mass, its ``attribution`` (see :mod:`.attribution`).
+- ``blocked_mass_alert``: a warning when one step put more than the alert
+  threshold on a denied or invented tool (see :mod:`.alerts`).
 - ``request_completed``: one per request: max and sum of the blocked mass,
-  the steps above the alert threshold, the calls, whether post-validation
-  passed and, in shadow mode, whether the output violated the policy.
+  the steps above the alert threshold, the attribution per target, the
+  calls, whether post-validation passed and, in shadow mode, whether the
+  output violated the policy, plus the tools and history that
+  ``guardrail audit replay`` needs to evaluate another policy.
+
+The JSON Schema of every event is ``guardrail/audit/schema/events.v1.json``.
 
 A sink counts what it writes. A write that fails raises
 :class:`AuditError` and marks the sink unhealthy, so no record is lost
@@ -29,11 +36,17 @@ import structlog
 from guardrail.errors import AuditError
 
 if TYPE_CHECKING:
+    from guardrail.audit.alerts import AlertMonitor
+    from guardrail.audit.attribution import StepAttribution, StepAttributor
     from guardrail.processors.core import SequenceGuard, StepRecord
 
 __all__ = ["SCHEMA_VERSION", "AuditSink", "RequestAudit"]
 
 SCHEMA_VERSION = 1
+
+# Targets listed in a request's ``attribution`` summary, likeliest first;
+# invented names vary from step to step, so their number needs a bound.
+MAX_SUMMARY_TARGETS = 20
 
 
 class AuditSink:
@@ -100,7 +113,10 @@ class RequestAudit:
     """Collects the steps of one request and writes its events.
 
     ``alert_threshold`` is the blocked mass above which a step is listed in
-    the summary's ``alert_steps``.
+    the summary's ``alert_steps``. With an ``attributor``, steps with enough
+    blocked mass carry their attribution; with ``alerts``, attributed mass
+    on denied or invented tools raises ``blocked_mass_alert`` events.
+    ``extra`` fields are added to ``request_completed``.
     """
 
     sink: AuditSink
@@ -116,6 +132,13 @@ class RequestAudit:
     mass_sum: float = 0.0
     alert_steps: list[int] = field(default_factory=list)
     forced_eos_steps: list[int] = field(default_factory=list)
+    attributor: StepAttributor | None = None
+    alerts: AlertMonitor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    alert_count: int = 0
+    _targets: dict[tuple[Any, ...], dict[str, Any]] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def context(self) -> dict[str, Any]:
@@ -129,8 +152,11 @@ class RequestAudit:
         }
 
     def on_step(self, guard: SequenceGuard, record: StepRecord) -> None:
-        """Step listener for :class:`SequenceGuard`: write a ``decode_step`` event."""
-        del guard
+        """Step listener for :class:`SequenceGuard`: write a ``decode_step`` event.
+
+        Also writes a ``blocked_mass_alert`` after it when the step's
+        attribution raises one.
+        """
         self.steps += 1
         self.mass_sum += record.blocked_mass
         self.mass_max = max(self.mass_max, record.blocked_mass)
@@ -155,7 +181,53 @@ class RequestAudit:
         }
         if record.forced_eos:
             fields["forced_eos"] = True
+
+        attribution = None
+        if self.attributor is not None:
+            attribution = self.attributor.attribute(record, guard.tokens)
+        if attribution is not None:
+            fields["attribution"] = attribution.to_json()
+            self._collect(attribution, record.step)
         self.sink.emit("decode_step", **fields)
+
+        if attribution is not None and self.alerts is not None:
+            for alert in self.alerts.check(attribution, record.step):
+                self.alert_count += 1
+                self.sink.emit("blocked_mass_alert", **self.context, **alert)
+
+    def _collect(self, attribution: StepAttribution, step: int) -> None:
+        for item in attribution.items:
+            key = (item.kind, item.tool, item.name, item.argument, item.constraint)
+            target = self._targets.get(key)
+            if target is None:
+                target = {
+                    name: value
+                    for name, value in item.to_json().items()
+                    if name not in {"mass", "example"}
+                }
+                target.update(max_mass=0.0, sum_mass=0.0, steps=0, max_step=step)
+                self._targets[key] = target
+            target["steps"] += 1
+            target["sum_mass"] += item.mass
+            if item.mass > target["max_mass"]:
+                target["max_mass"] = item.mass
+                target["max_step"] = step
+                if item.example is not None:
+                    target["example"] = item.example
+
+    def attribution_summary(self) -> list[dict[str, Any]]:
+        """Return the attributed targets of this request, likeliest first."""
+        ranked = sorted(
+            self._targets.values(), key=lambda t: t["max_mass"], reverse=True
+        )
+        return [
+            {
+                **target,
+                "max_mass": round(target["max_mass"], 6),
+                "sum_mass": round(target["sum_mass"], 6),
+            }
+            for target in ranked[:MAX_SUMMARY_TARGETS]
+        ]
 
     def complete(self, **outcome: Any) -> None:
         """Write the ``request_completed`` summary with ``outcome`` fields."""
@@ -168,5 +240,7 @@ class RequestAudit:
             alert_threshold=self.alert_threshold,
             alert_steps=self.alert_steps,
             forced_eos_steps=self.forced_eos_steps,
-            **outcome,
+            attribution=self.attribution_summary(),
+            alerts=self.alert_count,
+            **{**self.extra, **outcome},
         )
