@@ -221,9 +221,7 @@ def _load_include(
         problem(f"include cycle: {chain}; remove one of these includes")
         return
     if len(loading.stack) >= MAX_INCLUDE_DEPTH:
-        problem(
-            f"includes nest deeper than {MAX_INCLUDE_DEPTH} files; flatten them"
-        )
+        problem(f"includes nest deeper than {MAX_INCLUDE_DEPTH} files; flatten them")
         return
     try:
         raw = target.read_bytes()
@@ -301,7 +299,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel]:
 def _policy_errors(
     err: ValidationError, document: Any, source: str
 ) -> list[PolicyError]:
-    errors: list[PolicyError] = []
+    errors: list[tuple[int, int, PolicyError]] = []
     for detail in err.errors():
         loc = tuple(detail["loc"])
         dotted = ".".join(str(part) for part in loc) or "(top level)"
@@ -325,8 +323,14 @@ def _policy_errors(
             message = f"invalid value {value!r} at {dotted}: {detail['msg']}"
 
         rule = str(loc[1]) if len(loc) >= 2 and loc[0] == "tools" else None
-        errors.append(PolicyError(message, source=source, line=line, rule=rule))
-    return errors
+        # A misspelt key also makes the real key missing; its did-you-mean
+        # message is the useful one, so it goes first on its line.
+        rank = 0 if detail["type"] == "extra_forbidden" else 1
+        errors.append(
+            (line or 0, rank, PolicyError(message, source=source, line=line, rule=rule))
+        )
+    errors.sort(key=lambda item: item[:2])
+    return [error for _, _, error in errors]
 
 
 def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
