@@ -54,13 +54,23 @@ class HermesFormat:
     name = "hermes"
 
     def render_prompt(self, tokenizer: Any, request: ChatRequest) -> str:
-        """Render the conversation with ChatML, tools in the system turn.
+        """Render the conversation with the tokenizer's chat template.
 
-        Chat templates that ignore ``tools`` (SmolLM2's does) get the tool
-        list merged into the first system message. Earlier calls become
+        A template that renders ``tools`` itself (Qwen's does) gets them
+        natively. One that ignores them (SmolLM2's does) gets the tool list
+        merged into the first system message. Earlier calls become
         ``<tool_call>`` blocks and results ``<tool_response>`` blocks, so the
         model sees its history in the layout it is asked to produce.
         """
+        if request.tools and template_renders_tools(tokenizer):
+            rendered = tokenizer.apply_chat_template(
+                _native_messages(request),
+                tools=[tool.model_dump(exclude_none=True) for tool in request.tools],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            return str(rendered)
+
         messages = _plain_messages(request)
         if request.tools:
             tools_text = "\n".join(
@@ -209,6 +219,54 @@ def _plain_messages(request: ChatRequest) -> list[dict[str, str]]:
         else:
             plain.append({"role": "user", "content": message.text})
     return plain
+
+
+_PROBE_TOOL = {
+    "type": "function",
+    "function": {"name": "guardrail_template_probe", "parameters": {"type": "object"}},
+}
+
+
+def template_renders_tools(tokenizer: Any) -> bool:
+    """Tell whether the chat template puts ``tools`` into the prompt.
+
+    Renders one message with and without a probe tool and compares; a
+    template that fails on ``tools`` counts as one that ignores them.
+    """
+    messages = [{"role": "user", "content": "probe"}]
+    try:
+        with_tools = tokenizer.apply_chat_template(
+            messages, tools=[_PROBE_TOOL], tokenize=False
+        )
+    except (TypeError, ValueError, KeyError):
+        return False
+    without = tokenizer.apply_chat_template(messages, tokenize=False)
+    return "guardrail_template_probe" in str(with_tools) and with_tools != without
+
+
+def _native_messages(request: ChatRequest) -> list[dict[str, Any]]:
+    native: list[dict[str, Any]] = []
+    for message in request.messages:
+        entry: dict[str, Any] = {"role": message.role, "content": message.text}
+        if message.role == "developer":
+            entry["role"] = "system"
+        calls = getattr(message, "tool_calls", None) or []
+        if calls:
+            entry["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {
+                        "name": call.function.name,
+                        "arguments": call.function.parsed_arguments(),
+                    },
+                }
+                for call in calls
+            ]
+        if message.role == "tool":
+            entry["tool_call_id"] = getattr(message, "tool_call_id", "")
+        native.append(entry)
+    return native
 
 
 def _skip_space(text: str, position: int) -> int:
