@@ -1,0 +1,56 @@
+"""The guard pipeline around generation: failures must not lose records."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from guardrail.audit.log import AuditSink
+from guardrail.errors import AuditError
+from guardrail.policy.loader import load_policy
+from guardrail.request import parse_chat_request
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.model
+
+
+class FailingStream(io.StringIO):
+    """A stand-in for a full disk: every write raises OSError."""
+
+    def write(self, text: str) -> int:
+        raise OSError(28, "No space left on device")
+
+
+def load_example():
+    body = json.loads((REPO / "examples" / "refund.json").read_text())
+    return parse_chat_request(body)
+
+
+def test_failing_audit_sink_stops_generation(backend):
+    guard = backend.guard(load_policy(REPO / "policies" / "support-agent.yaml"))
+    sink = AuditSink(FailingStream())
+
+    with pytest.raises(AuditError, match="No space left on device"):
+        backend.generate(guard, load_example(), sink=sink, max_tokens=8)
+
+    assert not sink.healthy
+    assert sink.written == 0
+
+
+def test_token_limit_withholds_partial_call(backend):
+    guard = backend.guard(load_policy(REPO / "policies" / "support-agent.yaml"))
+    stream = io.StringIO()
+
+    result = backend.generate(
+        guard, load_example(), sink=AuditSink(stream), max_tokens=6
+    )
+
+    assert result.message is None
+    assert result.finish_reason == "length"
+    assert "generation hit the token limit" in result.validation.errors
+    summary = json.loads(stream.getvalue().splitlines()[-1])
+    assert summary["output_returned"] is False
