@@ -158,7 +158,9 @@ class Guard:
         False when it hit the token limit.
         """
         output = self.format.parse_output(text)
-        validation = validate_output(output, prepared.actions)
+        validation = validate_output(
+            output, prepared.actions, policy=self.policy, session=prepared.session
+        )
         if not stopped:
             validation = ValidationResult(
                 passed=False,

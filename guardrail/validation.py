@@ -9,11 +9,16 @@ call on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import jsonschema
 
 from guardrail.grammar.formats import ParsedOutput
 from guardrail.policy.evaluate import AllowedActions
+
+if TYPE_CHECKING:
+    from guardrail.policy.model import Policy
+    from guardrail.session import Session
 
 __all__ = ["ValidationResult", "validate_output"]
 
@@ -24,12 +29,21 @@ class ValidationResult:
     errors: tuple[str, ...] = ()
 
 
-def validate_output(output: ParsedOutput, actions: AllowedActions) -> ValidationResult:
+def validate_output(
+    output: ParsedOutput,
+    actions: AllowedActions,
+    *,
+    policy: Policy | None = None,
+    session: Session | None = None,
+) -> ValidationResult:
     """Check every call of ``output`` against ``actions``.
 
     Fails on unparsable call text, a call in ``none`` mode, a missing call in
     ``required`` mode, a name not allowed at this step, more than one call
     when parallel calls are off, and arguments that break the narrowed schema.
+    With ``policy`` and ``session``, the allowed calls also go through
+    :meth:`Policy.check_calls`: conditions on arguments, allow-lists and
+    budgets that the grammar cannot fully carry.
     """
     errors: list[str] = []
     if output.error is not None:
@@ -53,5 +67,13 @@ def validate_output(output: ParsedOutput, actions: AllowedActions) -> Validation
             errors.append(
                 f"calls[{index}] {call.name}: arguments{where}: {problem.message}"
             )
+
+    if policy is not None and session is not None:
+        # Calls of one turn count toward the budgets of the calls after them.
+        for index, call in enumerate(output.calls):
+            if actions.tool(call.name) is not None:
+                problems = policy.check_call(call.name, call.arguments, session)
+                errors.extend(f"calls[{index}] {problem}" for problem in problems)
+            session = session.with_call(call.name, call.arguments)
 
     return ValidationResult(passed=not errors, errors=tuple(errors))

@@ -138,6 +138,7 @@ class CompiledRule:
     source: str
     line: int | None
     description: str | None = None
+    path: tuple[str, ...] = ()
 
     def matches(self, tool: str) -> bool:
         return any(selector.matches(tool) for selector in self.selectors)
@@ -156,6 +157,7 @@ class CompiledBudget:
     mode: RuleMode
     source: str
     line: int | None
+    path: tuple[str, ...] = ()
 
     def matches(self, tool: str) -> bool:
         return any(selector.matches(tool) for selector in self.selectors)
@@ -170,6 +172,7 @@ class CompiledPhase:
     mode: RuleMode
     source: str
     line: int | None
+    path: tuple[str, ...] = ()
 
     def matches(self, tool: str) -> bool:
         return any(selector.matches(tool) for selector in self.selectors)
@@ -440,6 +443,7 @@ class _Compiler:
                     source=document.source,
                     line=document.line_of(*path),
                     description=entry.description,
+                    path=path,
                 )
             )
         return compiled
@@ -476,6 +480,7 @@ class _Compiler:
                     source=document.source,
                     line=document.line_of(*path),
                     description=entry.description,
+                    path=path,
                 )
             )
         return compiled
@@ -494,6 +499,7 @@ class _Compiler:
                     mode=entry.mode,
                     source=document.source,
                     line=document.line_of(*path),
+                    path=path,
                 )
             )
         return compiled
@@ -523,6 +529,7 @@ class _Compiler:
                     mode=entry.mode,
                     source=document.source,
                     line=document.line_of(*path),
+                    path=path,
                 )
             )
         return compiled

@@ -445,8 +445,8 @@ def _decide(
         return _blocked(f"condition failed to evaluate ({err}), so it denies", rule)
     if forbids:
         rule = forbids[0]
-        condition = f" (when: {rule.when.source})" if rule.when else ""
-        return _blocked(f"forbidden by rule {rule.id}{condition}", rule)
+        condition = f" because {rule.when.source}" if rule.when else ""
+        return _blocked(f"forbidden{condition}", rule)
 
     blocked = _check_budgets(compiled, tool, env.session, active)
     if blocked is not None:
@@ -485,10 +485,10 @@ def _decide(
         ]
 
     if permits:
-        names = ", ".join(rule.id for rule, _ in permits)
+        narrowed = all(rule.narrows for rule, _ in permits) or phase_values
         return _Outcome(
             allowed=True,
-            reason=f"permitted by {names}",
+            reason="permitted, arguments narrowed" if narrowed else "permitted",
             permits=permits,
             phase_values=phase_values,
         )

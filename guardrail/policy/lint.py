@@ -2,15 +2,25 @@
 
 Finds what a schema check alone cannot: a tool or argument name the request
 does not define (with a did-you-mean hint), a constraint that does not fit
-the argument's type, an unsupported keyword, and a narrowing that leaves no
-valid value. Each finding is a :class:`PolicyError` with file:line.
+the argument's type, an unsupported keyword, an allow-list on an argument
+that is not a string, and a narrowing that leaves no valid value. Each
+finding is a :class:`PolicyError` with file:line; the guard raises the
+first, because such a policy cannot be enforced as written.
+
+:func:`review_policy` adds what ``guardrail policy check`` reports as
+warnings: rules that can never fire or always fire, where that can be seen
+without a session, and flags that have no effect.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from guardrail.errors import PolicyError
+from guardrail.policy.compiled import CompiledPolicy, CompiledRule, ToolSelector
+from guardrail.policy.conditions import Condition, ConditionError
 from guardrail.policy.constraints import (
     ConstraintProblem,
     check_constraint,
@@ -20,74 +30,35 @@ from guardrail.policy.loader import suggest
 from guardrail.policy.model import Policy
 from guardrail.request import Tool
 
-__all__ = ["lint_policy", "raise_for_lint"]
+__all__ = ["Finding", "lint_policy", "raise_for_lint", "review_policy"]
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One result of ``guardrail policy check``, printed as file:line: text."""
+
+    severity: Severity
+    message: str
+    source: str
+    line: int | None = None
+    rule: str | None = None
+
+    @classmethod
+    def from_error(cls, error: PolicyError) -> Finding:
+        return cls("error", error.message, error.source, error.line, error.rule)
+
+    def __str__(self) -> str:
+        where = self.source if self.line is None else f"{self.source}:{self.line}"
+        return f"{where}: {self.severity}: {self.message}"
 
 
 def lint_policy(policy: Policy, tools: Sequence[Tool]) -> list[PolicyError]:
     """Return every problem of ``policy`` against ``tools``, in file order."""
-    by_name = {tool.function.name: tool for tool in tools}
-    problems: list[PolicyError] = []
-
-    for tool_name, rule in policy.tools.items():
-        tool = by_name.get(tool_name)
-        if tool is None:
-            problems.append(
-                PolicyError(
-                    f"unknown tool {tool_name!r}: no tool of that name in the "
-                    f"request.{suggest(tool_name, list(by_name))} Known tools: "
-                    f"{', '.join(by_name) or 'none'}.",
-                    source=policy.source,
-                    line=policy.line_of("tools", tool_name),
-                    rule=tool_name,
-                )
-            )
-            continue
-
-        parameters = tool.function.parameters or {}
-        properties = parameters.get("properties", {})
-        for argument, constraint in rule.arguments.items():
-            where = ("tools", tool_name, "arguments", argument)
-            if argument not in properties:
-                problems.append(
-                    PolicyError(
-                        f"unknown argument {argument!r} of tool {tool_name!r}."
-                        f"{suggest(argument, list(properties))} Arguments: "
-                        f"{', '.join(properties) or 'none'}.",
-                        source=policy.source,
-                        line=policy.line_of(*where),
-                        rule=tool_name,
-                    )
-                )
-                continue
-
-            try:
-                check_constraint(constraint, properties[argument])
-            except ConstraintProblem as problem:
-                keyword = (problem.keyword,) if problem.keyword else ()
-                problems.append(
-                    PolicyError(
-                        f"tools.{tool_name}.arguments.{argument}: {problem}",
-                        source=policy.source,
-                        line=policy.line_of(*where, *keyword),
-                        rule=tool_name,
-                    )
-                )
-                continue
-
-            narrowed = narrow_property(properties[argument], constraint)
-            if narrowed.get("enum") == []:
-                problems.append(
-                    PolicyError(
-                        f"tools.{tool_name}.arguments.{argument}: the policy's enum "
-                        "shares no value with the tool's enum, so no value is "
-                        "valid; fix the list or forbid the tool",
-                        source=policy.source,
-                        line=policy.line_of(*where, "enum"),
-                        rule=tool_name,
-                    )
-                )
-
-    return problems
+    linter = _Linter(policy, tools)
+    linter.run()
+    return linter.problems
 
 
 def raise_for_lint(policy: Policy, tools: Sequence[Tool]) -> None:
@@ -95,3 +66,279 @@ def raise_for_lint(policy: Policy, tools: Sequence[Tool]) -> None:
     problems = lint_policy(policy, tools)
     if problems:
         raise problems[0]
+
+
+def review_policy(policy: Policy, tools: Sequence[Tool] | None = None) -> list[Finding]:
+    """Return lint errors (with ``tools``) and warnings about rules that cannot fire."""
+    findings: list[Finding] = []
+    if tools is not None:
+        findings.extend(Finding.from_error(e) for e in lint_policy(policy, tools))
+    findings.extend(_warnings(policy, tools))
+    return findings
+
+
+class _Linter:
+    def __init__(self, policy: Policy, tools: Sequence[Tool]) -> None:
+        self.policy = policy
+        self.compiled = policy.compiled()
+        self.by_name = {tool.function.name: tool for tool in tools}
+        self.documents = {doc.source: doc for doc in (policy, *policy.fragments)}
+        self.problems: list[PolicyError] = []
+
+    def line(self, source: str, *path: str) -> int | None:
+        document = self.documents.get(source)
+        return document.line_of(*path) if document is not None else None
+
+    def add(self, message: str, source: str, *path: str, rule: str | None) -> None:
+        self.problems.append(
+            PolicyError(
+                message, source=source, line=self.line(source, *path), rule=rule
+            )
+        )
+
+    def run(self) -> None:
+        for rule in self.compiled.rules:
+            self.check_names(rule.selectors, rule.source, rule.path, rule.id)
+            if rule.effect == "permit":
+                for tool in self.matched(rule.selectors):
+                    self.check_arguments(rule, tool)
+        for budget in self.compiled.budgets:
+            self.check_names(budget.selectors, budget.source, budget.path, budget.id)
+        for phase in self.compiled.phases:
+            self.check_names(phase.selectors, phase.source, phase.path, phase.id)
+            self.check_names(
+                (phase.after,), phase.source, (*phase.path, "after"), phase.id
+            )
+            self.check_phase_arguments(phase)
+
+    def matched(self, selectors: Sequence[ToolSelector]) -> list[Tool]:
+        return [
+            tool
+            for name, tool in self.by_name.items()
+            if any(selector.matches(name) for selector in selectors)
+        ]
+
+    def check_names(
+        self,
+        selectors: Sequence[ToolSelector],
+        source: str,
+        path: tuple[str, ...],
+        rule: str,
+    ) -> None:
+        """Report exact tool names (not globs, not groups) the request lacks."""
+        for selector in selectors:
+            if selector.text.startswith("group:"):
+                continue
+            for name in selector.exact_names:
+                if name in self.by_name:
+                    continue
+                self.add(
+                    f"unknown tool {name!r}: no tool of that name in the request."
+                    f"{suggest(name, list(self.by_name))} Known tools: "
+                    f"{', '.join(self.by_name) or 'none'}.",
+                    source,
+                    *path,
+                    rule=rule,
+                )
+
+    def check_arguments(self, rule: CompiledRule, tool: Tool) -> None:
+        name = tool.function.name
+        properties = (tool.function.parameters or {}).get("properties", {})
+        for argument, constraint in rule.arguments.items():
+            where = (*rule.path, "arguments", argument)
+            if argument not in properties:
+                self.unknown_argument(rule, name, argument, properties, where)
+                continue
+            try:
+                check_constraint(constraint, properties[argument])
+            except ConstraintProblem as problem:
+                keyword = (problem.keyword,) if problem.keyword else ()
+                self.add(
+                    f"{rule.id} on {name}: arguments.{argument}: {problem}",
+                    rule.source,
+                    *where,
+                    *keyword,
+                    rule=rule.id,
+                )
+                continue
+            narrowed = narrow_property(properties[argument], constraint)
+            if narrowed.get("enum") == []:
+                self.add(
+                    f"{rule.id} on {name}: arguments.{argument}: the policy's enum "
+                    "shares no value with the tool's enum, so no value is valid; "
+                    "fix the list or forbid the tool",
+                    rule.source,
+                    *where,
+                    "enum",
+                    rule=rule.id,
+                )
+
+        for spec in rule.allow_lists:
+            where = (*rule.path, "allow_lists", spec.argument)
+            if spec.argument not in properties:
+                self.unknown_argument(rule, name, spec.argument, properties, where)
+                continue
+            if not _holds_strings(properties[spec.argument]):
+                self.add(
+                    f"{rule.id} on {name}: allow-list on argument "
+                    f"{spec.argument!r}, whose type is not string or array of "
+                    "strings; allow-lists apply to text values only",
+                    rule.source,
+                    *where,
+                    rule=rule.id,
+                )
+
+    def unknown_argument(
+        self,
+        rule: CompiledRule,
+        tool: str,
+        argument: str,
+        properties: dict[str, Any],
+        where: tuple[str, ...],
+    ) -> None:
+        self.add(
+            f"unknown argument {argument!r} of tool {tool!r} in {rule.id}."
+            f"{suggest(argument, list(properties))} Arguments: "
+            f"{', '.join(properties) or 'none'}.",
+            rule.source,
+            *where,
+            rule=rule.id,
+        )
+
+    def check_phase_arguments(self, phase: Any) -> None:
+        where = (*phase.path, "same_arguments")
+        for ours, theirs in phase.same_arguments.items():
+            for tool in self.matched(phase.selectors):
+                properties = (tool.function.parameters or {}).get("properties", {})
+                if ours not in properties:
+                    self.add(
+                        f"phase {phase.id}: tool {tool.function.name!r} has no "
+                        f"argument {ours!r}.{suggest(ours, list(properties))}",
+                        phase.source,
+                        *where,
+                        rule=phase.id,
+                    )
+            for tool in self.matched((phase.after,)):
+                properties = (tool.function.parameters or {}).get("properties", {})
+                if theirs not in properties:
+                    self.add(
+                        f"phase {phase.id}: tool {tool.function.name!r} has no "
+                        f"argument {theirs!r}.{suggest(theirs, list(properties))}",
+                        phase.source,
+                        *where,
+                        rule=phase.id,
+                    )
+
+
+def _holds_strings(schema: dict[str, Any]) -> bool:
+    kind = schema.get("type")
+    if kind in (None, "string"):
+        return True
+    if kind == "array":
+        items = schema.get("items")
+        return isinstance(items, dict) and items.get("type") in (None, "string")
+    return False
+
+
+def _warnings(policy: Policy, tools: Sequence[Tool] | None) -> list[Finding]:
+    compiled = policy.compiled()
+    names = [tool.function.name for tool in tools] if tools is not None else None
+    findings: list[Finding] = []
+
+    def warn(item: Any, message: str) -> None:
+        findings.append(Finding("warning", message, item.source, item.line, item.id))
+
+    for rule in compiled.rules:
+        constant = _constant_value(rule.when)
+        if constant is False:
+            warn(rule, f"rule {rule.id} never fires: its condition is always false")
+        elif constant is True:
+            warn(
+                rule,
+                f"rule {rule.id}: its condition is always true; remove 'when' "
+                "or fix the expression",
+            )
+        elif isinstance(constant, ConditionError):
+            warn(
+                rule,
+                f"rule {rule.id}: its condition always fails ({constant}), so it "
+                "denies its tools at every step",
+            )
+        if names is not None and not any(map(rule.matches, names)):
+            warn(rule, f"rule {rule.id} never fires: it selects no tool of the request")
+        if rule.effect == "permit":
+            overriding = _always_forbidden_by(compiled, rule, names)
+            if overriding is not None:
+                warn(
+                    rule,
+                    f"permit {rule.id} never takes effect: forbid rule {overriding} "
+                    "has no condition and covers all its tools",
+                )
+        if rule.allow_tainted and not _selects_sensitive(compiled, rule, names):
+            warn(
+                rule,
+                f"rule {rule.id}: allow_tainted has no effect, because none of its "
+                "tools is listed under 'sensitive'",
+            )
+        if rule.when is not None and rule.when.uses_args:
+            warn(
+                rule,
+                f"rule {rule.id}: the condition reads args, so it is checked after "
+                "generation only and cannot shape the mask; express it with "
+                "arguments or allow_lists where possible",
+            )
+
+    for budget in compiled.budgets:
+        if budget.max == 0:
+            findings.append(
+                Finding(
+                    "warning",
+                    f"budget {budget.id} has max 0: its tools can never be called",
+                    budget.source,
+                    budget.line,
+                    budget.id,
+                )
+            )
+    return findings
+
+
+def _constant_value(condition: Condition | None) -> Any:
+    """Evaluate a condition that reads no variable; None when it reads any."""
+    if condition is None or condition.variables:
+        return None
+    try:
+        return condition.evaluate({})
+    except ConditionError as err:
+        return err
+
+
+def _always_forbidden_by(
+    compiled: CompiledPolicy, permit: CompiledRule, names: list[str] | None
+) -> str | None:
+    """Return the id of an unconditional forbid covering every tool of ``permit``."""
+    for rule in compiled.rules:
+        if rule.effect != "forbid" or rule.when is not None or rule.mode != "enforce":
+            continue
+        if names is not None:
+            covered = [name for name in names if permit.matches(name)]
+            if covered and all(rule.matches(name) for name in covered):
+                return rule.id
+        else:
+            patterns = [pattern for s in permit.selectors for pattern in s.patterns]
+            exact = all(not set(pattern) & set("*?[") for pattern in patterns)
+            if patterns and exact and all(map(rule.matches, patterns)):
+                return rule.id
+    return None
+
+
+def _selects_sensitive(
+    compiled: CompiledPolicy, rule: CompiledRule, names: list[str] | None
+) -> bool:
+    if names is not None:
+        return any(rule.matches(n) and compiled.is_sensitive(n) for n in names)
+    patterns = [pattern for s in rule.selectors for pattern in s.patterns]
+    sensitive = [pattern for s in compiled.sensitive for pattern in s.patterns]
+    return any(
+        compiled.is_sensitive(pattern) or any(rule.matches(s) for s in sensitive)
+        for pattern in patterns
+    )
