@@ -30,7 +30,7 @@ policy_app = typer.Typer(
 
 EXIT_TEST_FAILED = EXIT_INTERNAL
 
-_STYLE = {"error": "bold red", "warning": "yellow"}
+_STYLE = {"error": "bold red", "warning": "yellow", "note": "cyan"}
 
 
 @policy_app.command("check")
@@ -93,9 +93,11 @@ def policy_check(
         )
 
     errors = sum(1 for f in findings if f.severity == "error")
-    warnings = len(findings) - errors
+    warnings = sum(1 for f in findings if f.severity == "warning")
+    notes = len(findings) - errors - warnings
     stderr.print(
-        f"{len(files)} policy file(s): {errors} error(s), {warnings} warning(s)"
+        f"{len(files)} policy file(s): {errors} error(s), {warnings} warning(s), "
+        f"{notes} note(s)"
     )
     if errors or (strict and warnings):
         raise typer.Exit(EXIT_INPUT)

@@ -197,6 +197,9 @@ class CompiledPolicy:
     sensitive: tuple[ToolSelector, ...]
     groups: dict[str, ToolSelector]
     files: tuple[str, ...]
+    # Where ``default`` and ``sensitive`` are written, for decisions that
+    # they make: (file, line).
+    origins: dict[str, tuple[str, int | None]] = field(default_factory=dict)
     _matching: dict[str, tuple[CompiledRule, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -294,7 +297,19 @@ class _Compiler:
             sensitive=tuple(sensitive),
             groups=dict(self.groups),
             files=tuple(document.source for document in self.documents),
+            origins=self.key_origins(),
         )
+
+    def key_origins(self) -> dict[str, tuple[str, int | None]]:
+        top = self.top
+        origins = {
+            "default": (top.source, top.line_of("default") or top.line_of("policy"))
+        }
+        for document in self.documents:
+            if document.sensitive:
+                origins["taint"] = (document.source, document.line_of("sensitive"))
+                break
+        return origins
 
     def check_top_level(self, document: Policy) -> None:
         if document is self.top:

@@ -353,6 +353,20 @@ class _Environment:
         return value
 
 
+@dataclass(frozen=True)
+class _Origin:
+    """The policy key behind a decision that no rule id names."""
+
+    id: str
+    source: str | None
+    line: int | None
+
+
+def _origin(compiled: CompiledPolicy, key: str) -> _Origin:
+    source, line = compiled.origins.get(key, (None, None))
+    return _Origin(key, source, line)
+
+
 @dataclass
 class _Outcome:
     allowed: bool
@@ -462,7 +476,8 @@ def _decide(
             source = _taint_source(env)
             return _blocked(
                 f"the session is tainted by an untrusted result from {source} and "
-                f"{tool} is sensitive; no permit with allow_tainted applies"
+                f"{tool} is sensitive; no permit with allow_tainted applies",
+                _origin(compiled, "taint"),
             )
 
     if args is not None and permits:
@@ -496,10 +511,13 @@ def _decide(
         return _Outcome(
             allowed=True,
             reason="no rule applies; default: allow",
+            item=_origin(compiled, "default"),
             unconstrained=True,
             phase_values=phase_values,
         )
-    return _blocked(f"no rule permits {tool} here; default: deny")
+    return _blocked(
+        f"no rule permits {tool} here; default: deny", _origin(compiled, "default")
+    )
 
 
 def _check_budgets(

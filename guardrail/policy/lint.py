@@ -32,7 +32,7 @@ from guardrail.request import Tool
 
 __all__ = ["Finding", "lint_policy", "raise_for_lint", "review_policy"]
 
-Severity = Literal["error", "warning"]
+Severity = Literal["error", "warning", "note"]
 
 
 @dataclass(frozen=True)
@@ -245,8 +245,8 @@ def _warnings(policy: Policy, tools: Sequence[Tool] | None) -> list[Finding]:
     names = [tool.function.name for tool in tools] if tools is not None else None
     findings: list[Finding] = []
 
-    def warn(item: Any, message: str) -> None:
-        findings.append(Finding("warning", message, item.source, item.line, item.id))
+    def warn(item: Any, message: str, severity: Severity = "warning") -> None:
+        findings.append(Finding(severity, message, item.source, item.line, item.id))
 
     for rule in compiled.rules:
         constant = _constant_value(rule.when)
@@ -265,7 +265,17 @@ def _warnings(policy: Policy, tools: Sequence[Tool] | None) -> list[Finding]:
                 "denies its tools at every step",
             )
         if names is not None and not any(map(rule.matches, names)):
-            warn(rule, f"rule {rule.id} never fires: it selects no tool of the request")
+            # Patterns and groups are meant to cover tools that may be absent.
+            exact = all(
+                not s.text.startswith("group:") for s in rule.selectors
+            ) and all(
+                not set(p) & set("*?[") for s in rule.selectors for p in s.patterns
+            )
+            warn(
+                rule,
+                f"rule {rule.id} never fires: it selects no tool of the request",
+                "warning" if exact else "note",
+            )
         if rule.effect == "permit":
             overriding = _always_forbidden_by(compiled, rule, names)
             if overriding is not None:
@@ -286,6 +296,7 @@ def _warnings(policy: Policy, tools: Sequence[Tool] | None) -> list[Finding]:
                 f"rule {rule.id}: the condition reads args, so it is checked after "
                 "generation only and cannot shape the mask; express it with "
                 "arguments or allow_lists where possible",
+                "note",
             )
 
     for budget in compiled.budgets:
