@@ -73,12 +73,13 @@ class Session:
     """What a policy may know about one conversation at one step.
 
     ``step`` counts the assistant turns already in the conversation (0 at
-    the first turn).
+    the first turn); ``tool_names`` are the tools the request offers.
     """
 
     id: str
     calls: tuple[CallRecord, ...] = field(default_factory=tuple)
     step: int = 0
+    tool_names: tuple[str, ...] = ()
     user: str = ""
     agent: str = ""
     tenant: str = ""
@@ -155,6 +156,7 @@ def session_from_request(
         id=_session_id(request),
         calls=tuple(calls[call_id] for call_id in order),
         step=step,
+        tool_names=tuple(request.tool_names),
         user=_first_text(
             lowered.get("x-guardrail-user"),
             metadata.get("user"),

@@ -54,7 +54,6 @@ FUNCTIONS = frozenset(
         "double",
         "string",
         "bytes",
-        "bool",
         "type",
         "dyn",
         "timestamp",

@@ -236,9 +236,14 @@ def check_calls(
 def session_variables(
     compiled: CompiledPolicy, session: Session, tool_names: Iterable[str]
 ) -> dict[str, Any]:
-    """Return the CEL variables of a step (all but ``tool`` and ``args``)."""
+    """Return the CEL variables of a step (all but ``tool`` and ``args``).
+
+    ``counts`` holds every tool of the request and of ``tool_names``, with
+    0 for those not called, so ``counts.refund_order`` never fails on a
+    tool the request offers.
+    """
     calls = [_call_variables(compiled, call) for call in session.calls]
-    counts = dict.fromkeys(tool_names, 0)
+    counts = dict.fromkeys((*session.tool_names, *tool_names), 0)
     counts.update(session.counts())
     empty_call = {
         "id": "",
