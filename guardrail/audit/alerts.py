@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,22 +44,15 @@ def policy_alert_threshold(policy: Policy | None, default: float) -> float:
     return default if value is None else float(value)
 
 
-def _untrusted_patterns(policy: Policy | None) -> list[str]:
-    """Return the glob patterns of the tools ``policy`` marks untrusted.
-
-    ``untrusted`` entries are tool names, glob patterns or ``group:NAME``
-    references into ``groups``.
-    """
-    if policy is None:
-        return []
-    groups = getattr(policy, "groups", None) or {}
-    patterns: list[str] = []
-    for selector in getattr(policy, "untrusted", None) or []:
-        if selector.startswith("group:"):
-            patterns.extend(groups.get(selector.removeprefix("group:"), []))
-        else:
-            patterns.append(selector)
-    return patterns
+def _untrusted_check(policy: Policy | None) -> Callable[[str], bool] | None:
+    """Return the policy's test for untrusted tools, or ``None`` if it marks none."""
+    if policy is None or not getattr(policy, "untrusted", None):
+        return None
+    compiled = policy.compiled() if hasattr(policy, "compiled") else None
+    if compiled is not None and hasattr(compiled, "is_untrusted"):
+        return compiled.is_untrusted  # type: ignore[no-any-return]
+    patterns = list(policy.untrusted)
+    return lambda tool: any(fnmatch.fnmatchcase(tool, p) for p in patterns)
 
 
 def latest_untrusted_result(
@@ -66,17 +60,22 @@ def latest_untrusted_result(
 ) -> dict[str, Any] | None:
     """Describe the most recent untrusted tool result of ``session``.
 
-    A result is untrusted when the policy marks its tool untrusted. A policy
-    that marks no tool at all gets the most recent result of any tool, with
-    ``marked`` false, because every tool result is text from outside the
-    model. The result text is reduced to an excerpt, its length and digest.
+    A result is untrusted when its tool message carried ``untrusted: true``
+    or the policy lists its tool under ``untrusted``. When neither marks any
+    result, the most recent result of any tool is given with ``marked``
+    false, because every tool result is text from outside the model. The
+    result text is reduced to an excerpt, its length and its sha256.
     """
-    patterns = _untrusted_patterns(policy)
-    marked = bool(patterns)
+    is_untrusted = _untrusted_check(policy)
+    flagged = [call for call in session.calls if getattr(call, "untrusted", False)]
+    marked = is_untrusted is not None or bool(flagged)
     for call in reversed(session.calls):
         if call.result is None:
             continue
-        if marked and not any(fnmatch.fnmatchcase(call.name, p) for p in patterns):
+        if marked and not (
+            getattr(call, "untrusted", False)
+            or (is_untrusted is not None and is_untrusted(call.name))
+        ):
             continue
         text = call.result
         return {
@@ -115,6 +114,7 @@ class AlertMonitor:
                 alert = self._alert("denied_tool", item.tool, item.mass, step)
                 if alert is not None:
                     alert["rule"] = item.rule
+                    alert["reason"] = item.reason
                     alerts.append(alert)
 
         if invented_mass > self.threshold:

@@ -72,13 +72,14 @@ class ToolCatalog:
 
     ``allowed`` maps each allowed tool to its narrowed argument schema;
     ``denied`` maps each tool of the request that may not be called to the
-    rule that blocked it (``Decision.reason``). ``policy_arguments`` maps
-    tool, argument and keyword to the policy rule that set the constraint,
-    to tell a policy limit from one in the tool's own schema.
+    rule that blocked it (id with file:line, or ``None``) and the reason.
+    ``policy_arguments`` maps tool, argument and keyword to the policy rule
+    that set the constraint, to tell a policy limit from one in the tool's
+    own schema.
     """
 
     allowed: Mapping[str, Mapping[str, Any]]
-    denied: Mapping[str, str]
+    denied: Mapping[str, tuple[str | None, str]]
     policy_arguments: Mapping[str, Mapping[str, Mapping[str, str]]] = field(
         default_factory=dict
     )
@@ -88,7 +89,7 @@ class ToolCatalog:
         cls, actions: AllowedActions, policy: Policy | None = None
     ) -> ToolCatalog:
         allowed = {tool.name: tool.parameters for tool in actions.tools}
-        denied: dict[str, str] = {}
+        denied: dict[str, tuple[str | None, str]] = {}
         for decision in actions.decisions:
             if decision.tool in allowed:
                 continue
@@ -96,8 +97,8 @@ class ToolCatalog:
             # for instance when tool_choice is "none".
             reason = decision.reason
             if decision.allowed:
-                reason = f"tool_choice: {actions.mode}"
-            denied[decision.tool] = reason
+                reason = f"tool_choice is {actions.mode!r}"
+            denied[decision.tool] = (_rule_name(decision), reason)
 
         constraints = {name: _policy_constraints(policy, name) for name in allowed}
         return cls(allowed=allowed, denied=denied, policy_arguments=constraints)
@@ -110,7 +111,8 @@ class AttributionItem:
     ``tool`` is the denied tool or the tool whose argument was blocked;
     ``name`` the invented name prefix; ``argument`` the argument path and
     ``constraint``/``limit``/``source``/``rule`` the keyword that blocked
-    it. ``example`` is the most likely blocked text of this item.
+    it. For a denied tool, ``rule`` and ``reason`` are the policy's
+    decision. ``example`` is the likeliest blocked text of this item.
     """
 
     kind: str
@@ -122,6 +124,7 @@ class AttributionItem:
     limit: Any = None
     source: str | None = None
     rule: str | None = None
+    reason: str | None = None
     example: str | None = None
 
     def key(self) -> tuple[Any, ...]:
@@ -139,7 +142,8 @@ class AttributionItem:
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": self.kind, "mass": round(self.mass, 6)}
-        for key in ("tool", "name", "argument", "constraint", "source", "rule"):
+        keys = ("tool", "name", "argument", "constraint", "source", "rule", "reason")
+        for key in keys:
             value = getattr(self, key)
             if value is not None:
                 data[key] = value
@@ -293,11 +297,13 @@ class StepAttributor:
         return [AttributionItem("malformed", mass, example=example)]
 
     def _denied(self, tool: str, mass: float, example: str) -> AttributionItem:
+        rule, reason = self.catalog.denied.get(tool, (None, ""))
         return AttributionItem(
             "denied_tool",
             mass,
             tool=tool,
-            rule=self.catalog.denied.get(tool),
+            rule=rule,
+            reason=reason,
             example=example,
         )
 
@@ -628,6 +634,15 @@ def _keywords(schema: Mapping[str, Any] | None) -> dict[str, list[Any]]:
         else:
             found.setdefault(key, []).append(value)
     return found
+
+
+def _rule_name(decision: Any) -> str | None:
+    rule = getattr(decision, "rule", None)
+    source = getattr(decision, "source", None)
+    line = getattr(decision, "line", None)
+    if rule and source and line:
+        return f"{rule} ({source}:{line})"
+    return rule
 
 
 def _policy_constraints(policy: Policy | None, tool: str) -> dict[str, dict[str, str]]:

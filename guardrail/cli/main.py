@@ -175,10 +175,12 @@ def model_prepare(
 
 
 def _register_subcommands() -> None:
+    from guardrail.cli.audit import audit_app
     from guardrail.cli.policy import policy_app
     from guardrail.cli.serve import serve
 
     app.add_typer(policy_app, name="policy")
+    app.add_typer(audit_app, name="audit")
     app.command()(serve)
 
 
