@@ -484,7 +484,9 @@ class _Compiler:
                 CompiledRule(
                     id=entry.id,
                     effect=entry.effect,
-                    selectors=tuple(self.selectors(document, entry.tools, *path)),
+                    selectors=tuple(
+                        self.selectors(document, entry.tools, *path, "tools")
+                    ),
                     when=self.condition(
                         entry.when, document, *path, "when", rule=entry.id
                     ),
@@ -509,7 +511,9 @@ class _Compiler:
             compiled.append(
                 CompiledBudget(
                     id=entry.id,
-                    selectors=tuple(self.selectors(document, entry.tools, *path)),
+                    selectors=tuple(
+                        self.selectors(document, entry.tools, *path, "tools")
+                    ),
                     max=entry.max,
                     mode=entry.mode,
                     source=document.source,
@@ -538,7 +542,9 @@ class _Compiler:
             compiled.append(
                 CompiledPhase(
                     id=entry.id,
-                    selectors=tuple(self.selectors(document, entry.tools, *path)),
+                    selectors=tuple(
+                        self.selectors(document, entry.tools, *path, "tools")
+                    ),
                     after=after[0] if after else ToolSelector(entry.after, ()),
                     same_arguments=dict(entry.same_arguments),
                     mode=entry.mode,

@@ -299,9 +299,19 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel]:
 def _policy_errors(
     err: ValidationError, document: Any, source: str
 ) -> list[PolicyError]:
+    details = err.errors()
+    # A misspelt key also makes the real key missing; the did-you-mean
+    # message on the misspelt key says both, so the other is left out.
+    misspelt = {
+        tuple(detail["loc"][:-1])
+        for detail in details
+        if detail["type"] == "extra_forbidden"
+    }
     errors: list[tuple[int, int, PolicyError]] = []
-    for detail in err.errors():
+    for detail in details:
         loc = tuple(detail["loc"])
+        if detail["type"] == "missing" and loc[:-1] in misspelt:
+            continue
         dotted = ".".join(str(part) for part in loc) or "(top level)"
         line = _line_of(document, loc)
 
@@ -323,8 +333,6 @@ def _policy_errors(
             message = f"invalid value {value!r} at {dotted}: {detail['msg']}"
 
         rule = str(loc[1]) if len(loc) >= 2 and loc[0] == "tools" else None
-        # A misspelt key also makes the real key missing; its did-you-mean
-        # message is the useful one, so it goes first on its line.
         rank = 0 if detail["type"] == "extra_forbidden" else 1
         errors.append(
             (line or 0, rank, PolicyError(message, source=source, line=line, rule=rule))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from conftest import build_request
+from chat_requests import build_request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
