@@ -50,7 +50,7 @@ class CallRecord:
 
     @property
     def pending(self) -> bool:
-        """True while no tool message answered the call."""
+        """True until a tool message returns the call's result."""
         return self.result is None
 
     @property
@@ -59,7 +59,7 @@ class CallRecord:
         return self.result is not None and not self.error
 
     def result_json(self) -> Any:
-        """The result decoded as JSON, or None when it is not JSON."""
+        """Decode the result as JSON; return None when it is not JSON."""
         if self.result is None:
             return None
         try:
@@ -70,10 +70,10 @@ class CallRecord:
 
 @dataclass(frozen=True)
 class Session:
-    """What a policy may know about one conversation at one step.
+    """The state of one conversation that a policy reads at one step.
 
     ``step`` counts the assistant turns already in the conversation (0 at
-    the first turn); ``tool_names`` are the tools the request offers.
+    the first turn). ``tool_names`` are the tools the request offers.
     """
 
     id: str
@@ -122,9 +122,9 @@ def session_from_request(
 ) -> Session:
     """Rebuild the session (calls so far, their results, step) from messages.
 
-    ``headers`` are the HTTP headers a proxy received; their names are
-    compared case-insensitively and they are readable by policy conditions
-    as ``request.headers``, so pass only those a policy may see.
+    ``headers`` are the HTTP headers a proxy received, with names compared
+    case-insensitively. Policy conditions read them as ``request.headers``,
+    so pass only those a policy may see.
     """
     calls: dict[str, CallRecord] = {}
     order: list[str] = []

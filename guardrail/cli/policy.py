@@ -256,8 +256,8 @@ def _tool_names(policy: Policy, tools: list[Tool] | None) -> list[str]:
         return [
             name
             for name in names
-            if any(rule.matches(name) for rule in compiled.rules)
-            or compiled.default == "allow"
+            if compiled.default == "allow"
+            or any(r.effect == "permit" and r.matches(name) for r in compiled.rules)
         ]
     exact: list[str] = []
     for rule in compiled.rules:

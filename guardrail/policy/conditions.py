@@ -100,8 +100,8 @@ class Condition:
 
         ``context`` is a :class:`cel.Context` from :func:`new_context` (or
         a plain mapping). The interpreter raises several built-in exception
-        types for type errors, missing keys, division by zero and
-        out-of-range indexes; all of them become one error type here.
+        types (for type errors, missing keys, division by zero, indexes out
+        of range), and each of them becomes a ConditionError here.
         """
         try:
             return self.program.execute(context)

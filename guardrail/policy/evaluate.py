@@ -67,7 +67,7 @@ class AllowedTool:
 
 @dataclass(frozen=True)
 class Decision:
-    """Why a tool is allowed or blocked at this step.
+    """The reason a tool is allowed or blocked at this step.
 
     ``rule`` is the id of the rule, budget or phase that decided (several
     permit ids joined by ``+`` when they all apply, ``default`` when none
@@ -92,7 +92,7 @@ class AllowedActions:
     ``mode`` is ``none`` (no call can start), ``auto`` (text, or calls to the
     allowed tools) or ``required`` (at least one call to an allowed tool).
     When ``required`` leaves no tool, the grammar allows only end of sequence.
-    ``tainted`` tells whether an untrusted result is in the conversation.
+    ``tainted`` is True when an untrusted result is in the conversation.
     """
 
     mode: Mode
@@ -238,7 +238,7 @@ def session_variables(
 ) -> dict[str, Any]:
     """Return the CEL variables of a step (all but ``tool`` and ``args``).
 
-    ``counts`` holds every tool of the request and of ``tool_names``, with
+    ``counts`` contains every tool of the request and of ``tool_names``, with
     0 for those not called, so ``counts.refund_order`` never fails on a
     tool the request offers.
     """

@@ -1,11 +1,11 @@
 """Check a policy against the tool schemas it will govern.
 
-Finds what a schema check alone cannot: a tool or argument name the request
-does not define (with a did-you-mean hint), a constraint that does not fit
-the argument's type, an unsupported keyword, an allow-list on an argument
-that is not a string, and a narrowing that leaves no valid value. Each
-finding is a :class:`PolicyError` with file:line; the guard raises the
-first, because such a policy cannot be enforced as written.
+Finds what a schema check alone cannot. These are tool or argument names
+the request does not define (with a did-you-mean hint), constraints that do
+not fit the argument's type, unsupported keywords, allow-lists on arguments
+that are not strings, and narrowings that leave no valid value. Each finding
+is a :class:`PolicyError` with file:line. The guard raises the first,
+because such a policy cannot be enforced as written.
 
 :func:`review_policy` adds what ``guardrail policy check`` reports as
 warnings: rules that can never fire or always fire, where that can be seen

@@ -301,7 +301,7 @@ def _policy_errors(
 ) -> list[PolicyError]:
     details = err.errors()
     # A misspelt key also makes the real key missing; the did-you-mean
-    # message on the misspelt key says both, so the other is left out.
+    # message on the misspelt key covers both, so the other is left out.
     misspelt = {
         tuple(detail["loc"][:-1])
         for detail in details

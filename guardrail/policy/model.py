@@ -12,7 +12,7 @@ A policy file reads::
       browser: ["browser_*"]
     untrusted: [fetch_url]       # results of these tools taint the session
     sensitive: [send_email]      # forbidden in a tainted session unless a
-                                 # permit says allow_tainted: true
+                                 # permit sets allow_tainted: true
     budgets:
       - {id: refunds, tools: [refund_order], max: 1}
     phases:
@@ -96,7 +96,7 @@ class AllowList(_Strict):
 
 
 class ToolRule(_Strict):
-    """What the policy says about one tool (or a pattern of tools)."""
+    """The rule of one tool (or a pattern of tools) in the ``tools`` map."""
 
     allow: bool
     arguments: dict[str, ArgumentConstraint] = Field(default_factory=dict)
@@ -135,7 +135,7 @@ class Phase(_Strict):
     """The tools ``tools`` selects are available only after ``after`` succeeded.
 
     ``same_arguments`` maps an argument of the gated call to an argument of
-    the earlier call; the gated call may then only reuse a value that a
+    the earlier call. The gated call may then only reuse a value that a
     successful earlier call used.
     """
 
@@ -158,9 +158,9 @@ class Policy(_Strict):
     """A loaded, validated policy.
 
     The declared fields are the top file's own content. ``sha256`` is the
-    digest of the file's bytes, or, when the file includes fragments, of the
-    file's bytes followed by each fragment's path and digest, so an audit
-    event names the exact combined version that decided it. ``source`` is
+    digest of the file's bytes. When the file includes fragments, it is the
+    digest of the file's bytes followed by each fragment's own digest, so an
+    audit event names the exact combined version that decided it. ``source`` is
     the file it came from.
     """
 
@@ -222,7 +222,7 @@ class Policy(_Strict):
         """Return the policy merged with its fragments and ready to evaluate.
 
         The loader compiles every policy it returns, so CEL errors surface at
-        load time; a policy built in code is compiled on first use and raises
+        load time. A policy built in code is compiled on first use and raises
         :class:`~guardrail.errors.PolicyError` then.
         """
         if self._compiled is None:

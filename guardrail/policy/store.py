@@ -1,9 +1,9 @@
 """Hot reload of one policy file, keeping the last good version on errors.
 
-:class:`PolicyStore` serves the current :class:`Policy`. :meth:`refresh`
-(called by the background watcher, or by hand) reads the file and every
-file it includes; when their bytes changed, the new version is fully
-loaded and compiled before it replaces the old one. A version that fails
+:class:`PolicyStore` serves the current :class:`Policy`. :meth:`refresh`,
+called by the background watcher or by hand, reads the file and every file
+it includes. When their bytes changed, the new version is fully loaded and
+compiled before it replaces the old one. A version that fails
 is rejected, logged as ``policy_reload_rejected`` with file:line, and the
 last good version keeps serving. A failure is logged once per distinct
 content, not at every poll.

@@ -3,9 +3,9 @@
 The grammar spells a tool name token by token inside ``"name": "..."``. A
 name the tokenizer cannot reproduce exactly (unknown characters, a
 normalizer that rewrites it) cannot be generated, so it is an error. Names
-that start with the same tokens are legal, but at the steps where they are
-still indistinguishable the audit cannot attribute blocked mass to one of
-them, so they are reported as warnings, as is a name that is a prefix of
+that start with the same tokens are legal. At the steps where they are
+still indistinguishable, though, the audit cannot attribute blocked mass to
+one of them, so such names are warnings, as is a name that is a prefix of
 another.
 
 Only the ``tokenizers`` library is loaded (no transformers, no torch), so
@@ -80,7 +80,7 @@ def _unknown_id(tokenizer: Any) -> int | None:
 
 
 def token_findings(tokenizer: Any, names: Iterable[str]) -> list[tuple[str, str]]:
-    """Return ``(severity, message)`` pairs for names that cannot be told apart."""
+    """Return ``(severity, message)`` pairs for names the audit cannot separate."""
     tokenized = tokenize_names(tokenizer, sorted(set(names)))
     findings: list[tuple[str, str]] = []
     for item in tokenized:

@@ -194,7 +194,7 @@ def test_budget_counts_calls_of_the_group(
     assert allowed(policy(BUDGET), request) == expected
 
 
-def test_budget_with_one_call_left_turns_off_parallel_calls(make_request) -> None:
+def test_last_budget_call_disables_parallel(make_request) -> None:
     request = make_request(TOOLS, [("search", {}, "ok")])
     actions = evaluate_policy(policy(BUDGET), request, session_from_request(request))
 

@@ -2,10 +2,10 @@
 plain evaluation of the rules decides, tool by tool and call by call.
 
 The reference below evaluates each rule's condition as ordinary Python
-over the history, without CEL and without the compiled policy, and then
-applies the precedence written in the documentation: a failing condition
-denies, a forbid wins, then budgets, phases and taint, then permits or the
-default. The guard's result must match it, must not change when the rules
+over the history, without CEL and without the compiled policy. It then
+applies the precedence the documentation states: a failing condition
+denies, a forbid wins, then come budgets, phases and taint, then permits or
+the default. The guard's result must match it, must not change when the rules
 are shuffled, and must match a one-call-at-a-time check of each tool.
 """
 
