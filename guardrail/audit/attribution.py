@@ -332,14 +332,20 @@ class StepAttributor:
         mass, text = token.probability, token.text
         if state.kind == "key":
             return self._classify_key(tool, schema, state, token)
-        if state.kind != "value" or not state.path:
+        if state.kind not in {"value", "after_value"} or not state.path:
             return AttributionItem("argument_syntax", mass, tool=tool, example=text)
 
-        candidate = _read_candidate(state, text)
-        keyword, limit = _value_constraint(_schema_at(schema, state.path), candidate)
-        if keyword is None and candidate.closed:
-            parent = _schema_at(schema, state.path[:-1])
-            keyword, limit = _closing_constraint(parent, state, candidate.remainder)
+        parent = _schema_at(schema, state.path[:-1])
+        if state.kind == "after_value":
+            keyword, limit = _closing_constraint(parent, state, text)
+            if keyword is None:
+                return AttributionItem("argument_syntax", mass, tool=tool, example=text)
+        else:
+            candidate = _read_candidate(state, text)
+            target = _schema_at(schema, state.path)
+            keyword, limit = _value_constraint(target, candidate)
+            if keyword is None and candidate.closed:
+                keyword, limit = _closing_constraint(parent, state, candidate.remainder)
         source, rule = self._constraint_source(tool, state.path, keyword)
         return AttributionItem(
             "argument",

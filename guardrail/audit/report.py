@@ -29,7 +29,7 @@ from typing import Any
 
 from guardrail.audit.reader import parse_time
 from guardrail.audit.story import describe_item
-from guardrail.audit.summary import POLICY_KINDS, AuditSummary
+from guardrail.audit.summary import AuditSummary, is_policy_target
 
 __all__ = ["MAX_POINTS", "SessionSeries", "build_report", "render_report"]
 
@@ -113,14 +113,14 @@ def _pool_pairs(values: list[float]) -> list[float]:
 
 
 def step_policy_mass(event: dict[str, Any]) -> float:
-    """Return a step's mass on denied or invented tools and argument limits."""
+    """Return the part of a step's blocked mass that the policy itself blocked."""
     attribution = event.get("attribution")
     if not isinstance(attribution, dict):
         return 0.0
     return sum(
         float(item.get("mass", 0.0))
         for item in attribution.get("items") or []
-        if item.get("kind") in POLICY_KINDS
+        if is_policy_target(item)
     )
 
 
@@ -224,9 +224,9 @@ def render_report(data: ReportData) -> str:
     parts.append("<h2>Blocked mass over decoding steps, per session</h2>")
     parts.append(
         '<p class="muted">Sessions with alerts first, then by peak blocked '
-        "mass. Blue: all blocked mass. Orange: the part on denied or invented "
-        "tools and on argument constraints. Dashed lines separate requests; "
-        "red marks are alerts.</p>"
+        "mass. Blue: all blocked mass. Orange: the part the policy blocked "
+        "(denied or invented tools, argument values over a policy limit). "
+        "Dashed lines separate requests; red marks are alerts.</p>"
     )
     parts.append('<div class="grid">')
     for series in data.series:
@@ -303,6 +303,14 @@ def _series_chart(series: SessionSeries) -> str:
         out.append(
             f'<polyline points="{" ".join(coordinates)}" fill="none" '
             'stroke="#3e63dd" stroke-width="1.3"/>'
+        )
+        policy = [
+            f"{x_of(i * series.stride):.1f},{y_of(v):.1f}"
+            for i, v in enumerate(series.policy_values())
+        ]
+        out.append(
+            f'<polyline class="policy" points="{" ".join(policy)}" fill="none" '
+            'stroke="#e8590c" stroke-width="1.6"/>'
         )
     for step in series.alerts:
         out.append(

@@ -20,8 +20,8 @@ Definitions (also in ``docs/audit.md``):
 - ``blocked_mass`` percentiles are over each request's maximum step mass
   (``blocked_mass_max``). That peak is often 1 on harmless steps (after a
   complete call only end of sequence is allowed), so ``policy_mass`` gives
-  the percentiles of each request's peak mass on denied or invented tools
-  and on argument constraints: how hard the model pushed on the policy.
+  the percentiles of each request's peak mass that the policy itself
+  blocked (:func:`is_policy_target`): how hard the model pushed on it.
   Per tool, both are over each request's peak mass attributed to the tool.
 """
 
@@ -37,16 +37,27 @@ __all__ = [
     "AuditSummary",
     "MassSketch",
     "is_blocked_call",
+    "is_policy_target",
     "summarize",
 ]
 
 BLOCKED_CALL_MASS = 0.5
 TOOL_KINDS = {"denied_tool", "invented_tool"}
-POLICY_KINDS = TOOL_KINDS | {"argument", "unknown_argument"}
 PERCENTILES = (50, 90, 99)
 
 # Invented names kept per group before the rarest are dropped.
 MAX_INVENTED_NAMES = 2000
+
+
+def is_policy_target(item: dict[str, Any]) -> bool:
+    """Tell whether an attribution item is mass the policy itself blocked.
+
+    That is mass on a denied tool, on an invented tool, or on an argument
+    value a policy constraint forbids; mass the tool's own schema or the
+    call layout blocked is not.
+    """
+    kind = item.get("kind")
+    return kind in TOOL_KINDS or (kind == "argument" and item.get("source") == "policy")
 
 
 def is_blocked_call(target: dict[str, Any]) -> bool:
@@ -56,12 +67,8 @@ def is_blocked_call(target: dict[str, Any]) -> bool:
     step on a denied tool, an invented tool, or an argument value that a
     policy constraint forbids.
     """
-    if float(target.get("max_mass", 0.0)) < BLOCKED_CALL_MASS:
-        return False
-    kind = target.get("kind")
-    return kind in TOOL_KINDS or (
-        kind == "argument" and target.get("source") == "policy"
-    )
+    mass = float(target.get("max_mass", 0.0))
+    return mass >= BLOCKED_CALL_MASS and is_policy_target(target)
 
 
 class MassSketch:
@@ -209,11 +216,7 @@ class AuditSummary:
         calls = [c for c in event.get("calls") or [] if isinstance(c, dict)]
         mass = float(event.get("blocked_mass_max", 0.0))
         pushed = max(
-            (
-                float(t.get("max_mass", 0.0))
-                for t in targets
-                if t.get("kind") in POLICY_KINDS
-            ),
+            (float(t.get("max_mass", 0.0)) for t in targets if is_policy_target(t)),
             default=0.0,
         )
 
@@ -252,7 +255,11 @@ class AuditSummary:
         for target in targets:
             tool = target.get("tool")
             kind = target.get("kind")
-            if isinstance(tool, str) and kind in POLICY_KINDS - {"invented_tool"}:
+            if (
+                isinstance(tool, str)
+                and kind != "invented_tool"
+                and is_policy_target(target)
+            ):
                 mass = float(target.get("max_mass", 0.0))
                 attributed[tool] = max(attributed.get(tool, 0.0), mass)
 

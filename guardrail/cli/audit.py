@@ -202,9 +202,9 @@ def _print_summary(data: dict[str, Any], limit: int) -> None:
     console = _console()
     overall = data["overall"]
     console.print(
-        "policy p50..max: percentiles of each request's peak mass on denied or "
-        "invented tools and argument constraints; peak p90: of its peak mass on "
-        "any step",
+        "policy p50..max: percentiles of each request's peak mass that the policy "
+        "blocked (denied or invented tools, argument values over a policy limit); "
+        "peak p90: of its peak blocked mass on any step",
         style="dim",
     )
     console.print(
