@@ -1,9 +1,10 @@
 """The policies a proxy serves: every ``*.yaml`` / ``*.yml`` file of a folder.
 
-Policies are indexed by their ``policy:`` name. :meth:`PolicyDirectory.reload`
-reads the folder again when a file changed (by modification time and size);
-a file that fails to load keeps its last good version serving and the error
-is logged and returned, so a bad push never leaves a request unguarded.
+Each top-level file is one :class:`~guardrail.policy.store.PolicyStore`, so a
+change to a file or to a fragment it includes is reloaded, and a version
+that fails to load is rejected while the last good one keeps serving.
+Subfolders (fragments, policy tests) are not policies and are not scanned.
+Policies are indexed by their ``policy:`` name.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from threading import Lock
 import structlog
 
 from guardrail.errors import PolicyError
-from guardrail.policy.loader import load_policy
 from guardrail.policy.model import Policy
+from guardrail.policy.store import PolicyStore
 
 __all__ = ["PolicyDirectory", "ReloadResult"]
 
@@ -42,13 +43,13 @@ class PolicyDirectory:
         if not self.folder.is_dir():
             raise PolicyError(
                 "policy folder not found: pass --policy-dir with the folder "
-                "that holds the policy YAML files",
+                "that contains the policy YAML files",
                 source=str(self.folder),
             )
         self._lock = Lock()
+        self._stores: dict[Path, PolicyStore] = {}
+        self._failed: dict[Path, str] = {}
         self._by_name: dict[str, Policy] = {}
-        self._by_file: dict[Path, Policy] = {}
-        self._stamps: dict[Path, tuple[float, int]] = {}
 
         result = self.reload()
         if result.errors:
@@ -76,34 +77,36 @@ class PolicyDirectory:
             }
 
     def reload(self) -> ReloadResult:
-        """Load new and changed files; keep the last good version on errors."""
+        """Load new files and refresh known ones; return what changed.
+
+        ``errors`` lists each version rejected by this call. A file whose
+        content already failed is not reported again until it changes.
+        """
         files = sorted(
             path
             for pattern in ("*.yaml", "*.yml")
             for path in self.folder.glob(pattern)
             if path.is_file()
         )
-        stamps = {path: _stamp(path) for path in files}
-        if stamps == self._stamps:
-            return ReloadResult(changed=False)
-
         errors: list[PolicyError] = []
-        by_file: dict[Path, Policy] = {}
+
+        for path in set(self._stores) - set(files):
+            del self._stores[path]
         for path in files:
-            previous = self._by_file.get(path)
-            if previous is not None and self._stamps.get(path) == stamps[path]:
-                by_file[path] = previous
+            store = self._stores.get(path)
+            if store is None:
+                error = self._open_store(path)
+                if error is not None:
+                    errors.append(error)
                 continue
-            try:
-                by_file[path] = load_policy(path)
-            except PolicyError as err:
-                errors.append(err)
-                log.error("policy_reload_rejected", error=str(err), file=str(path))
-                if previous is not None:
-                    by_file[path] = previous
+            previous_error = store.last_error
+            store.refresh()
+            if store.last_error is not None and store.last_error is not previous_error:
+                errors.append(store.last_error)
 
         by_name: dict[str, Policy] = {}
-        for path, policy in by_file.items():
+        for path, store in self._stores.items():
+            policy = store.current
             other = by_name.get(policy.name)
             if other is not None:
                 errors.append(
@@ -118,22 +121,27 @@ class PolicyDirectory:
             by_name[policy.name] = policy
 
         with self._lock:
-            changed = {n: p.sha256 for n, p in by_name.items()} != {
-                n: p.sha256 for n, p in self._by_name.items()
-            }
+            before = {n: p.sha256 for n, p in self._by_name.items()}
             self._by_name = by_name
-            self._by_file = by_file
-            self._stamps = stamps
-        if changed:
-            log.info("policies_loaded", policies=self.versions_unlocked(by_name))
+        after = {n: p.sha256 for n, p in by_name.items()}
+        if after != before:
+            log.info("policies_loaded", policies={n: s[:12] for n, s in after.items()})
 
-        return ReloadResult(changed=changed, errors=tuple(errors))
+        return ReloadResult(changed=after != before, errors=tuple(errors))
 
-    @staticmethod
-    def versions_unlocked(by_name: dict[str, Policy]) -> dict[str, str]:
-        return {name: policy.sha256[:12] for name, policy in sorted(by_name.items())}
-
-
-def _stamp(path: Path) -> tuple[float, int]:
-    stat = path.stat()
-    return (stat.st_mtime, stat.st_size)
+    def _open_store(self, path: Path) -> PolicyError | None:
+        """Start serving a new file; return its error, once per content."""
+        try:
+            content = path.read_bytes().hex()
+        except OSError as err:
+            content = str(err)
+        if self._failed.get(path) == content:
+            return None
+        try:
+            self._stores[path] = PolicyStore(path)
+        except PolicyError as err:
+            self._failed[path] = content
+            log.error("policy_reload_rejected", error=str(err), file=str(path))
+            return err
+        self._failed.pop(path, None)
+        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from pathlib import Path
@@ -573,3 +574,33 @@ def test_unknown_path_openai_error(standin, start_proxy):
 
     assert response.status_code in {404, 405}
     assert "POST /v1/chat/completions" in response.json()["error"]["message"]
+
+
+def test_policy_hot_reload_served(standin, start_proxy, refund_body, policy_dir):
+    """An edited policy file is served after the next poll; metrics count it."""
+    import time
+
+    upstream, upstream_server = standin()
+    _, proxy = start_proxy(f"{upstream_server.url}/v1", policy_reload_interval_s=0.2)
+    path = policy_dir / "read-only.yaml"
+    edited = path.read_text().replace(
+        "  refund_order:\n    allow: false", "  refund_order:\n    allow: true"
+    )
+    path.write_text(edited)
+    stat = path.stat()
+    os.utime(path, (stat.st_atime + 5, stat.st_mtime + 5))
+
+    deadline = time.monotonic() + 20
+    metrics = ""
+    while time.monotonic() < deadline:
+        metrics = httpx.get(f"{proxy.url}/metrics").text
+        if 'guardrail_proxy_policy_reloads_total{result="applied"}' in metrics:
+            break
+        time.sleep(0.2)
+    refund_body["model"] = "read-only"
+    response = httpx.post(f"{proxy.url}/v1/chat/completions", json=refund_body)
+
+    assert 'guardrail_proxy_policy_reloads_total{result="applied"} 1.0' in metrics
+    assert response.status_code == 200
+    spec = GuardSpec.model_validate_json(upstream.bodies[-1]["vllm_xargs"]["guardrail"])
+    assert {tool.name for tool in spec.tools} == {"search_orders", "refund_order"}
