@@ -1,7 +1,7 @@
 """A LangChain agent loop over the guardrail proxy with ``ChatOpenAI``.
 
 The loop binds the tools, runs each call the model makes, feeds the results
-back as ``ToolMessage`` and stops when the model answers in text or after
+back as ``ToolMessage`` and stops when the model replies in text or after
 ``max_steps`` model calls. The first step requires a tool call and later
 steps leave the choice to the model; the proxy and its policy decide which
 calls can be generated at each step.

@@ -1,10 +1,10 @@
 """The OpenAI-compatible guardrail proxy.
 
-Clients send ordinary chat-completions requests; the proxy binds each to a
-policy, evaluates it, forwards the resulting guard spec to a vLLM server
-with guardrail's logits processor (or runs the model in-process), validates
-every returned call again and audits the request. Start it with
-``guardrail serve``.
+Clients send ordinary chat-completions requests. The proxy binds each to a
+policy and evaluates it. It forwards the resulting guard spec to a vLLM
+server with guardrail's logits processor, or runs the model in-process.
+Then it validates every returned call again and audits the request. Start
+it with ``guardrail serve``.
 """
 
 from __future__ import annotations

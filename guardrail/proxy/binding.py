@@ -1,10 +1,10 @@
 """Bind each request to the policy that governs it, or reject it.
 
 Three selectors, strongest first: the API key, the binding header, the
-``model`` field. An API key or model that no binding lists selects nothing
-(clients always send some key and some model); a binding header with an
-unknown value is an error, because the caller asked for a policy that does
-not exist. When two selectors name different policies the request is
+``model`` field. An API key or model that no binding lists selects nothing,
+because clients always send some key and some model. A binding header with
+an unknown value is an error, because the caller requested a policy that
+does not exist. When two selectors name different policies the request is
 rejected instead of picking one, so a header cannot move a key's traffic to
 a weaker policy. A request that no selector binds is rejected: nothing is
 ever served unguarded.
@@ -34,8 +34,8 @@ class BindingTable:
     """Lookup tables built from the configured bindings.
 
     With no binding configured, each policy is bound to the model name equal
-    to its policy name (``model: support-agent``), which suits a single-team
-    setup; a deployment with several teams should list bindings explicitly.
+    to its policy name (``model: support-agent``). That suits a single team.
+    A deployment with several teams should list bindings explicitly.
     """
 
     def __init__(

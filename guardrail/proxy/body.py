@@ -161,10 +161,10 @@ def _is_int(value: Any) -> bool:
 
 
 def _invalid(name: str, value: Any, expected: str) -> ProxyError:
-    shown = json.dumps(value, ensure_ascii=False)[:80]
+    rendered = json.dumps(value, ensure_ascii=False)[:80]
     return ProxyError(
         400,
-        f"$.{name}: invalid value {shown}; expected {expected}",
+        f"$.{name}: invalid value {rendered}; expected {expected}",
         code="invalid_value",
         param=name,
     )

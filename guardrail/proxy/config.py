@@ -41,7 +41,7 @@ class ConfigError(InputError):
 
 
 class Binding(BaseModel):
-    """Which requests a policy governs.
+    """The selectors of the requests one policy governs.
 
     A request is bound by its API key (``Authorization: Bearer ...``), by
     the value of the binding header, or by its ``model`` field.

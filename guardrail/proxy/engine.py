@@ -1,7 +1,7 @@
-"""What the proxy needs from an engine, and the in-process (embedded) engine.
+"""The engine interface of the proxy, and the in-process (embedded) engine.
 
-An engine takes a prepared request and returns the parsed output; the
-proxy validates it again and builds the response, whatever the engine.
+An engine takes a prepared request and returns the parsed output. The proxy
+validates that output again and builds the response, whatever the engine.
 """
 
 from __future__ import annotations

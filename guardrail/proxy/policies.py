@@ -33,7 +33,7 @@ class ReloadResult:
 class PolicyDirectory:
     """Policies loaded from ``folder``, by name.
 
-    Raises :class:`PolicyError` at construction when the folder holds no
+    Raises :class:`PolicyError` at construction when the folder contains no
     valid policy, any file is invalid, or two files declare the same name:
     a proxy must not start with part of its policies.
     """

@@ -79,7 +79,7 @@ class ChatService:
     async def complete(
         self, raw: bytes, headers: Mapping[str, str], request_id: str
     ) -> ServedRequest:
-        """Serve one request; raise :class:`ProxyError` with the HTTP answer."""
+        """Serve one request, or raise :class:`ProxyError` with the HTTP error."""
         started = time.perf_counter()
         record: dict[str, Any] = {"request_id": request_id, "engine": self.engine.name}
         try:

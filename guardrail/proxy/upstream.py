@@ -50,7 +50,7 @@ log = structlog.get_logger("guardrail.proxy")
 
 ProcessorStatus = Literal["unknown", "loaded", "missing", "unreachable"]
 
-# The probe asks for free text the model would happily continue; a guarded
+# The probe prompt invites free text that any model would continue. A guarded
 # engine, whose spec allows nothing, can only end the sequence at once.
 PROBE_PROMPT = "Count from one to ten: one, two,"
 PROBE_MAX_TOKENS = 4
@@ -132,7 +132,7 @@ class UpstreamEngine:
 
     def _fresh(self) -> bool:
         # A missing processor is probed again only after the interval, so a
-        # server that broke its spec is not trusted again at once; a down
+        # server that broke its spec is not trusted again at once. A down
         # upstream is probed on every request, so serving resumes quickly.
         age = time.monotonic() - self.state.checked_at
         settled = self.state.status in {"loaded", "missing"}
@@ -211,7 +211,7 @@ class UpstreamEngine:
         if self.api == "completions":
             body: dict[str, Any] = {
                 "prompt": prepared.prompt,
-                # The prompt already holds the chat template's special tokens.
+                # The prompt already contains the chat template's special tokens.
                 "add_special_tokens": False,
             }
         else:

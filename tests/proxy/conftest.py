@@ -2,8 +2,8 @@
 
 The proxy runs with uvicorn in a thread on a free loopback port. Where a
 test needs an upstream, :class:`StandInVLLM` plays a vLLM server on another
-loopback port: real vLLM on CPU takes about 35 s to start, and a stand-in can
-also play the failure that matters here, a server without guardrail's
+loopback port. Real vLLM on CPU takes about 35 s to start, and a stand-in
+can also play the failure that matters here: a server without guardrail's
 logits processor.
 """
 

@@ -566,7 +566,7 @@ def test_chat_api_tool_calls_validated(standin, start_proxy, refund_body):
 
 
 def test_unknown_path_openai_error(standin, start_proxy):
-    """Unknown routes answer in the OpenAI error layout."""
+    """Unknown routes return the OpenAI error layout."""
     _, upstream_server = standin()
     _, proxy = start_proxy(f"{upstream_server.url}/v1")
 

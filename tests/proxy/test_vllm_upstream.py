@@ -1,4 +1,4 @@
-"""The proxy in front of a real vLLM server on CPU, started as the recipe says.
+"""The proxy in front of a real vLLM server on CPU, started per the recipe.
 
 Starts ``python -m vllm.entrypoints.openai.api_server`` with guardrail's
 logits processor and the default model on 127.0.0.1 (about 35 s on an idle
