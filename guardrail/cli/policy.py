@@ -57,6 +57,7 @@ def policy_check(
     ] = False,
 ) -> None:
     """Report every problem of the policy files, with file:line."""
+    _log_to_stderr()
     from guardrail.policy.lint import Finding, review_policy
     from guardrail.policy.loader import check_policy_file
 
@@ -108,6 +109,7 @@ def policy_test(
     files: Annotated[list[Path], typer.Argument(help="Policy test YAML files.")],
 ) -> None:
     """Run policy unit tests; exit 1 when a case fails."""
+    _log_to_stderr()
     from guardrail.policy.testing import run_policy_tests
 
     failed = passed = 0
@@ -157,6 +159,7 @@ def policy_explain(
     ] = False,
 ) -> None:
     """Show, for the next step, every tool allowed or blocked and the deciding rule."""
+    _log_to_stderr()
     from guardrail.policy.evaluate import evaluate_policy
     from guardrail.policy.loader import load_policy
     from guardrail.request import parse_chat_request
@@ -203,6 +206,18 @@ def policy_explain(
         return
 
     _print_table(loaded, actions, session.step)
+
+
+def _log_to_stderr() -> None:
+    """Send policy log events (``condition_failed``) to stderr, not stdout.
+
+    structlog prints to stdout until configured, which would mix its lines
+    into the table or the JSON that ``explain`` prints there.
+    """
+    import structlog
+
+    if not structlog.is_configured():
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 
 def _print_table(policy: Policy, actions: Any, step: int) -> None:

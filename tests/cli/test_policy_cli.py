@@ -186,3 +186,27 @@ def test_explain_rejects_a_bad_header() -> None:
 
     assert result.returncode == 2
     assert "write NAME=VALUE" in result.stderr
+
+
+def test_explain_json_stays_valid_when_a_condition_fails(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        "policy: p\nrules:\n"
+        "  - {id: broken, effect: permit, tools: [lookup_order], "
+        "when: 'counts.nope > 0'}\n"
+    )
+
+    result = guardrail(
+        "explain",
+        "--policy",
+        str(policy),
+        "--messages",
+        str(EXAMPLES / "customer-support.json"),
+        "--json",
+    )
+
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    decision = next(t for t in payload["tools"] if t["tool"] == "lookup_order")
+    assert decision["allowed"] is False
+    assert "condition_failed" in result.stderr
