@@ -1,7 +1,7 @@
 """Measure what blocked-mass attribution adds to the per-token path.
 
-One guarded generation of a bait conversation (the customer asks to delete
-their account; the policy denies ``delete_customer``) runs on the real
+One guarded generation of a bait conversation (the customer requests the
+deletion of their account, which the policy denies) runs on the real
 default model. Its logits are then recomputed in one forward pass, and the
 masking loop is replayed on them step by step, with fresh matchers, in
 three configurations:

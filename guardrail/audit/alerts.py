@@ -1,9 +1,9 @@
 """``blocked_mass_alert``: the model reached hard for a tool it may not call.
 
-When the blocked mass that one step puts on a denied tool, or on invented
-tool names taken together, exceeds the policy's alert threshold, the audit
-writes a warning event with the session, the tool, the mass and the most
-recent untrusted tool result before it. A jump in mass on a forbidden tool
+An alert is raised when one step puts more than the policy's alert
+threshold on a denied tool, or on invented tool names taken together. The
+warning event names the session, the tool, the mass and the most recent
+untrusted tool result before it. A jump in mass on a forbidden tool
 right after a web page or an email body entered the conversation is an
 early sign of prompt injection.
 

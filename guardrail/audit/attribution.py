@@ -6,10 +6,11 @@ the text generated so far, that is enough to say what the model was trying
 to write when the mask stopped it:
 
 - at a tool-name step (the Hermes layout has just written ``{"name": "``),
-  each blocked candidate extends the name: a tool of the request that the
-  policy denies at this step (``denied_tool``, with the rule that denied
-  it), a name that is no tool of the request (``invented_tool``, with the
-  invented prefix decoded), or text that cannot be a name (``malformed``);
+  each blocked candidate extends the name. It spells a tool of the request
+  that the policy denies at this step (``denied_tool``, with the rule that
+  denied it), a name that is no tool of the request (``invented_tool``,
+  with the invented prefix decoded), or text that cannot be a name
+  (``malformed``);
 - at an argument step, the candidate's value is checked against the
   argument's schema and the first constraint it breaks is named
   (``argument``: for example ``amount`` above ``maximum: 100``), or the key
@@ -52,9 +53,9 @@ CALL_START = b"<tool_call>"
 CALL_END = "</tool_call>"
 NAME_OPENING = '{"name": "'
 ARGUMENTS_OPENING = '"arguments": '
-# What follows a complete tool name in the Hermes layout.
+# The text after a complete tool name in the Hermes layout.
 CALL_LAYOUT = ', "arguments": {'
-# What follows a complete key in the compact JSON layout.
+# The text after a complete key in the compact JSON layout.
 KEY_LAYOUT = '": '
 
 # Characters an invented tool name may plausibly contain. Anything else
@@ -68,7 +69,7 @@ TOOL_KINDS = frozenset({"denied_tool", "invented_tool"})
 
 @dataclass(frozen=True)
 class ToolCatalog:
-    """The tools of one request as the policy sees them at this step.
+    """The tools of one request, allowed or denied by the policy at this step.
 
     ``allowed`` maps each allowed tool to its narrowed argument schema;
     ``denied`` maps each tool of the request that may not be called to the
@@ -108,10 +109,10 @@ class ToolCatalog:
 class AttributionItem:
     """A share of one step's blocked mass and what it was aimed at.
 
-    ``tool`` is the denied tool or the tool whose argument was blocked;
-    ``name`` the invented name prefix; ``argument`` the argument path and
-    ``constraint``/``limit``/``source``/``rule`` the keyword that blocked
-    it. For a denied tool, ``rule`` and ``reason`` are the policy's
+    ``tool`` is the denied tool or the tool whose argument was blocked.
+    ``name`` is the invented name prefix. ``argument`` is the argument path,
+    and ``constraint``, ``limit``, ``source`` and ``rule`` describe the
+    keyword that blocked it. For a denied tool, ``rule`` and ``reason`` are the policy's
     decision. ``example`` is the likeliest blocked text of this item.
     """
 
@@ -159,8 +160,8 @@ class StepAttribution:
     """The attribution of one step: its context and the mass per cause.
 
     ``context`` is ``tool_name``, ``arguments``, ``call`` (inside a call but
-    between its parts) or ``text``; ``prefix`` is the tool name written so
-    far at a tool-name step; ``unattributed`` the blocked mass of tokens
+    between its parts) or ``text``. ``prefix`` is the tool name written so
+    far at a tool-name step. ``unattributed`` is the blocked mass of tokens
     outside the kept candidates.
     """
 
@@ -444,7 +445,7 @@ class JsonState:
     """Where a partial JSON object ends.
 
     ``kind`` is ``key`` (a key is expected or being written), ``value`` (a
-    value is being written; ``value_type`` says which) or ``after_value``.
+    value is being written, of type ``value_type``) or ``after_value``.
     ``path`` leads to the value (or to the object whose key is written);
     ``partial`` is the unfinished key, string content or number text;
     ``keys`` are the keys already complete in the innermost object.
@@ -655,7 +656,7 @@ def _policy_constraints(policy: Policy | None, tool: str) -> dict[str, dict[str,
     """Map each argument keyword the policy sets on ``tool`` to its rule path.
 
     Covers ``tools`` entries (by name or glob) and ``rules`` that permit the
-    tool by name or glob; a selector naming a group is not expanded here.
+    tool by name or glob. A selector naming a group is not expanded here.
     """
     found: dict[str, dict[str, str]] = {}
     if policy is None:
@@ -807,7 +808,7 @@ def _number_constraint(
 
     A prefix without a decimal point only grows in magnitude as digits
     follow, so an upper bound it already exceeds (or, when negative, a
-    lower bound) is broken; other bounds wait for the complete number.
+    lower bound) is broken. Other bounds wait for the complete number.
     """
     match = re.fullmatch(r"-?\d+(\.\d*)?([eE][-+]?\d*)?", text)
     if match is None:
@@ -892,7 +893,12 @@ def _as_list(value: Any) -> list[Any]:
 def _format_path(path: Sequence[str | int]) -> str:
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif text:
+            text += f".{part}"
+        else:
+            text = part
     return text
 
 

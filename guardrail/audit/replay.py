@@ -6,7 +6,7 @@ calls the model made. From those, :func:`replay_request` rebuilds a request
 whose session has the same calls in the same agent steps, evaluates the new
 policy on it, and checks the logged calls against the new allowed actions.
 
-The log holds no message text, so the rebuilt history has empty tool
+The log contains no message text, so the rebuilt history has empty tool
 results: conditions that read the text of a result, or of a message, see an
 empty string. Such a condition can decide differently at replay than live.
 """

@@ -10,10 +10,10 @@ names are pruned to the most frequent.
 Definitions (also in ``docs/audit.md``):
 
 - ``requests``: ``request_completed`` events.
-- ``blocked_calls``: targets of a request's attribution that are a denied
-  tool, an invented tool or an argument value a policy constraint forbids,
-  with at least :data:`BLOCKED_CALL_MASS` of the mass at one step: the
-  model more likely than not wanted that forbidden call.
+- ``blocked_calls``: targets of a request's attribution that received at
+  least :data:`BLOCKED_CALL_MASS` of the mass at one step and are a denied
+  tool, an invented tool or an argument value a policy constraint forbids.
+  The model more likely than not wanted that forbidden call.
 - ``violations``: requests whose output failed post-validation
   (``policy_violated``), which in shadow mode are the calls enforce mode
   would have blocked.
@@ -53,8 +53,8 @@ def is_policy_target(item: dict[str, Any]) -> bool:
     """Tell whether an attribution item is mass the policy itself blocked.
 
     That is mass on a denied tool, on an invented tool, or on an argument
-    value a policy constraint forbids; mass the tool's own schema or the
-    call layout blocked is not.
+    value a policy constraint forbids. Mass that the tool's own schema or
+    the call layout blocked does not count.
     """
     kind = item.get("kind")
     return kind in TOOL_KINDS or (kind == "argument" and item.get("source") == "policy")
@@ -75,8 +75,9 @@ class MassSketch:
     """Count, mean, max and approximate percentiles of values in [0, 1].
 
     Values are counted in buckets whose width grows by 5 % per bucket, from
-    1e-6 up to 1 (about 285 buckets at most, kept sparse), so a percentile
-    is within 5 % of the true value; values below 1e-6 count as zero.
+    1e-6 up to 1 (about 285 buckets at most, kept sparse). A percentile is
+    therefore within 5 % of the true value. Values below 1e-6 count as
+    zero.
     """
 
     RATIO = 1.05

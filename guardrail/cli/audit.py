@@ -1,9 +1,9 @@
 """``guardrail audit``: review audit logs (summary, show, report, replay).
 
 Every command takes one or more JSON-lines logs, plain or gzip, and the
-same filters. A truncated last line is reported as a warning; any other
-line that is not a JSON object is reported with file:line and makes the
-command exit 2 after it has printed its result.
+same filters. A truncated last line is reported as a warning. Any other
+line that is not a JSON object is reported with file:line, and the command
+exits 2 after it has printed its result.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def audit_summary(
         int, typer.Option(min=1, help="Rows per table for tools and sessions.")
     ] = 20,
 ) -> None:
-    """Requests, blocked calls, blocked-mass percentiles and alerts per group."""
+    """Count requests, blocked calls, alerts and blocked-mass percentiles."""
     from guardrail.audit.summary import summarize
 
     try:
@@ -293,7 +293,7 @@ def audit_show(
     since: SinceOption = None,
     until: UntilOption = None,
 ) -> None:
-    """The step-by-step story of one session or one request."""
+    """Show the step-by-step story of one session or one request."""
     from guardrail.audit.story import collect_stories, render_stories
 
     try:
@@ -375,7 +375,7 @@ def audit_replay(
     session: SessionOption = None,
     progress: ProgressOption = None,
 ) -> None:
-    """What a new policy would have decided on the logged requests."""
+    """Show what a new policy would have decided on the logged requests."""
     from guardrail.audit.replay import replay_events
     from guardrail.policy.loader import load_policy
 

@@ -3,7 +3,7 @@
 Four sessions on two policies, generated once per test session with the
 transformers backend (about 30 s on a 2-core CPU):
 
-- ``s-delete``: the customer asks to delete their account; the policy
+- ``s-delete``: the customer requests the deletion of their account; the policy
   denies ``delete_customer``, so the model's reach for it is blocked mass;
 - ``s-inject``: a tool result carries an injected order to move 2000 euros;
   the policy caps ``amount`` at 500 and marks ``get_balance`` untrusted;
