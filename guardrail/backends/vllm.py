@@ -25,6 +25,7 @@ from guardrail.spec import GuardSpec
 
 if TYPE_CHECKING:
     from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
 
     from guardrail.guard import EnforcementMode, Guard, GuardedResult, PreparedRequest
     from guardrail.policy.model import Policy
@@ -50,6 +51,13 @@ class VLLMRequest:
     @property
     def vllm_xargs(self) -> dict[str, str]:
         return self.spec.to_vllm_xargs()
+
+    @property
+    def prompt(self) -> TokensPrompt:
+        """The prompt in the form ``LLM.generate`` takes."""
+        from vllm.inputs import TokensPrompt
+
+        return TokensPrompt(prompt_token_ids=list(self.prompt_token_ids))
 
     def sampling_params(
         self,
@@ -179,14 +187,12 @@ class VLLMBackend:
         ``params[i]`` must carry ``requests[i].vllm_xargs`` (see
         :meth:`VLLMRequest.sampling_params`).
         """
-        from vllm.inputs import TokensPrompt
-
         if len(requests) != len(params):
             raise ValueError(
                 f"got {len(requests)} requests but {len(params)} SamplingParams; "
                 "pass one SamplingParams per request"
             )
-        prompts = [TokensPrompt(prompt_token_ids=r.prompt_token_ids) for r in requests]
+        prompts = [request.prompt for request in requests]
         outputs = self.llm.generate(prompts, list(params), use_tqdm=False)
         self.flush_audit()
 
