@@ -45,6 +45,11 @@ def engine_audit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def vllm_backend(vllm_env, model_dir: Path, engine_audit: Path):
+    import torch
+
+    # An in-process vLLM worker sets torch to one thread and replaces
+    # torch.set_num_threads with a no-op; both are restored afterwards.
+    set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GUARDRAIL_AUDIT_LOG", str(engine_audit))
         backend = VLLMBackend(
@@ -58,6 +63,8 @@ def vllm_backend(vllm_env, model_dir: Path, engine_audit: Path):
         )
     yield backend
     del backend
+    torch.set_num_threads = set_num_threads
+    torch.set_num_threads(threads)
 
 
 def load_example(policy: str, example: str):
@@ -94,14 +101,14 @@ def test_greedy_parity_with_transformers(
         request,
         sink=AuditSink(stream),
         mode=mode,
-        max_tokens=64,
+        max_tokens=48,
         request_id=f"tf-{example}-{mode}",
     )
     actual = vllm_backend.generate(
         vllm_backend.guard(policy),
         request,
         mode=mode,
-        max_tokens=64,
+        max_tokens=48,
         request_id=f"vllm-{example}-{mode}",
     )
 
@@ -136,7 +143,7 @@ def test_mixed_batch_leaves_unguarded_alone(vllm_backend, engine_audit):
         chat_prompt(vllm_backend, "What is the capital of France?"),
         chat_prompt(vllm_backend, "Name three colours of the rainbow."),
     ]
-    plain_params = SamplingParams(max_tokens=24, temperature=0.0, logprobs=3)
+    plain_params = SamplingParams(max_tokens=16, temperature=0.0, logprobs=3)
     prepared = [
         prepare_vllm_request(guard, request, request_id=f"mixed-{i}") for i in range(2)
     ]
@@ -147,9 +154,9 @@ def test_mixed_batch_leaves_unguarded_alone(vllm_backend, engine_audit):
         plain[1],
     ]
     params = [
-        prepared[0].sampling_params(max_tokens=24),
+        prepared[0].sampling_params(max_tokens=16),
         plain_params,
-        prepared[1].sampling_params(max_tokens=24),
+        prepared[1].sampling_params(max_tokens=16),
         plain_params,
     ]
 
@@ -189,8 +196,8 @@ def test_churn_every_guarded_output_complies(vllm_backend, engine_audit):
     hermes = HermesFormat()
 
     prompts, params, kinds = [], [], []
-    for index in range(14):
-        max_tokens = 4 + (index * 7) % 41
+    for index in range(12):
+        max_tokens = 4 + (index * 7) % 33
         if index % 4 == 3:
             prompts.append(chat_prompt(vllm_backend, f"Count to {index}."))
             params.append(SamplingParams(max_tokens=max_tokens, temperature=0.8))
