@@ -16,6 +16,7 @@ and only warns about ``truncated`` ones.
 ``wanted`` names the events a caller needs: a line whose event is known
 from its text and is not wanted is counted but not decoded, which makes a
 summary of a log full of ``decode_step`` events several times faster.
+``sessions`` does the same for the session ids a caller needs.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
 MAX_LINE_BYTES = 16 * 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 _EVENT_KEY = b'"event": "'
+_SESSION_KEY = b'"session_id": "'
 
 ProgressCallback = Callable[[Path, int, int], None]
 
@@ -158,6 +160,7 @@ class LogReader:
     paths: list[Path]
     filter: EventFilter = field(default_factory=EventFilter)
     wanted: frozenset[str] | None = None
+    sessions: frozenset[str] | None = None
     progress: ProgressCallback | None = None
     problems: list[ReadProblem] = field(default_factory=list)
     lines: int = 0
@@ -222,6 +225,11 @@ class LogReader:
             self.counts[name] = self.counts.get(name, 0) + 1
             self.skipped += 1
             return None
+        if complete and self.sessions is not None:
+            session = _session_of(line)
+            if session is not None and session not in self.sessions:
+                self.skipped += 1
+                return None
 
         try:
             event = json.loads(line)
@@ -288,6 +296,23 @@ def _event_name(line: bytes) -> str | None:
     if end < 0:
         return None
     return line[start:end].decode("ascii", "replace")
+
+
+def _session_of(line: bytes) -> str | None:
+    """Read the top-level session id from a line without decoding it.
+
+    The join keys come first in every event, so the first occurrence of the
+    key is the top-level one. An id with escaped characters is not read
+    (``None``), and the caller then decodes the line.
+    """
+    start = line.find(_SESSION_KEY)
+    if start < 0:
+        return None
+    start += len(_SESSION_KEY)
+    end = line.find(b'"', start)
+    if end < 0 or b"\\" in line[start:end]:
+        return None
+    return line[start:end].decode("utf-8", "replace")
 
 
 def _size_of(raw: IO[bytes]) -> int:

@@ -164,17 +164,24 @@ def collect_series(
     return [series[session] for session in sessions]
 
 
+ReadEvents = Callable[[frozenset[str], frozenset[str] | None], Iterable[dict[str, Any]]]
+
+
 def build_report(
-    read: Callable[[frozenset[str]], Iterable[dict[str, Any]]],
+    read: ReadEvents,
     *,
     sources: list[str],
     problems: Callable[[], list[str]],
 ) -> str:
-    """Read the logs twice through ``read(wanted events)`` and return the page."""
+    """Read the logs twice and return the page.
+
+    ``read(events, sessions)`` yields the events with those names, of those
+    sessions (all when ``None``).
+    """
     summary = AuditSummary()
     alerts: list[dict[str, Any]] = []
     alert_times: list[datetime] = []
-    for event in read(frozenset({"request_completed", "blocked_mass_alert"})):
+    for event in read(frozenset({"request_completed", "blocked_mass_alert"}), None):
         summary.add(event)
         if event.get("event") == "blocked_mass_alert":
             alerts.append(event)
@@ -184,7 +191,8 @@ def build_report(
 
     sessions = top_sessions(summary)
     series = collect_series(
-        read(frozenset({"decode_step", "blocked_mass_alert"})), sessions
+        read(frozenset({"decode_step", "blocked_mass_alert"}), frozenset(sessions)),
+        sessions,
     )
     data = ReportData(summary, alerts, alert_times, series, sources, problems())
     return render_report(data)

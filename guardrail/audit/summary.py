@@ -45,8 +45,10 @@ BLOCKED_CALL_MASS = 0.5
 TOOL_KINDS = {"denied_tool", "invented_tool"}
 PERCENTILES = (50, 90, 99)
 
-# Invented names kept per group before the rarest are dropped.
+# Invented names kept per group before the rarest are dropped; a session
+# keeps fewer, because a log can hold millions of sessions.
 MAX_INVENTED_NAMES = 2000
+MAX_SESSION_INVENTED_NAMES = 20
 
 
 def is_policy_target(item: dict[str, Any]) -> bool:
@@ -137,6 +139,7 @@ class GroupStats:
     invented: dict[str, list[float]] = field(default_factory=dict)
     first_seen: str | None = None
     last_seen: str | None = None
+    invented_limit: int = MAX_INVENTED_NAMES
 
     def see_time(self, stamp: Any) -> None:
         if not isinstance(stamp, str):
@@ -150,9 +153,9 @@ class GroupStats:
         entry = self.invented.setdefault(name, [0, 0.0])
         entry[0] += 1
         entry[1] = max(entry[1], mass)
-        if len(self.invented) > MAX_INVENTED_NAMES:
+        if len(self.invented) > self.invented_limit:
             kept = sorted(self.invented.items(), key=lambda kv: kv[1], reverse=True)
-            self.invented = dict(kept[: MAX_INVENTED_NAMES // 2])
+            self.invented = dict(kept[: self.invented_limit // 2])
 
     def top_invented(self, limit: int = 5) -> list[dict[str, Any]]:
         ranked = sorted(self.invented.items(), key=lambda kv: kv[1], reverse=True)
@@ -206,7 +209,9 @@ class AuditSummary:
         return [
             self.overall,
             self.policies.setdefault(policy, GroupStats()),
-            self.sessions.setdefault(session, GroupStats()),
+            self.sessions.setdefault(
+                session, GroupStats(invented_limit=MAX_SESSION_INVENTED_NAMES)
+            ),
         ]
 
     def _add_request(self, event: dict[str, Any]) -> None:

@@ -338,8 +338,11 @@ def audit_report(
         with _progress(logs, progress) as callback:
             readers: list[LogReader] = []
 
-            def read(wanted: frozenset[str]) -> Iterator[dict[str, Any]]:
+            def read(
+                wanted: frozenset[str], sessions: frozenset[str] | None
+            ) -> Iterator[dict[str, Any]]:
                 reader = _reader(logs, event_filter, callback)
+                reader.sessions = sessions
                 readers.append(reader)
                 return _read(reader, wanted)
 

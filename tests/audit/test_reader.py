@@ -200,3 +200,22 @@ def test_streaming_memory_is_bounded(tmp_path):
     assert count == 0
     assert reader.skipped > 100_000
     assert peak < 4_000_000
+
+
+def test_sessions_prefilter_skips_others(tmp_path):
+    other = event("decode_step", session_id="s2", step=0)
+    path = write_lines(tmp_path / "a.jsonl", [*EVENTS, other])
+
+    reader = LogReader([path], sessions=frozenset({"s2"}))
+
+    assert read_all(reader) == [other]
+    assert reader.skipped == 3
+
+
+def test_sessions_prefilter_escaped_id_decoded(tmp_path):
+    quoted = event("decode_step", session_id='s"2', step=0)
+    path = write_lines(tmp_path / "a.jsonl", [quoted])
+
+    reader = LogReader([path], sessions=frozenset({'s"2'}))
+
+    assert read_all(reader) == [quoted]

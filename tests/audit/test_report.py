@@ -26,7 +26,12 @@ POLICY_ORANGE = (232, 89, 12)
 
 def report_of(events: list[dict]) -> str:
     return build_report(
-        lambda wanted: (e for e in events if e.get("event") in wanted),
+        lambda wanted, sessions: (
+            e
+            for e in events
+            if e.get("event") in wanted
+            and (sessions is None or e.get("session_id") in sessions)
+        ),
         sources=["test.jsonl"],
         problems=list,
     )
