@@ -85,12 +85,14 @@ def scenarios(draw):
             }
         )
         if draw(st.booleans()):
+            rules[name] = {"allow": False}
+        elif draw(st.booleans()):
             arguments = {}
             for key, schema in properties.items():
                 constraint = draw(constraint_for(schema))
                 if constraint:
                     arguments[key] = constraint
-            rules[name] = {"allow": draw(st.booleans()), "arguments": arguments}
+            rules[name] = {"allow": True, "arguments": arguments}
 
     choice = draw(st.sampled_from(["auto", "required", "none", "named"]))
     tool_choice = (
