@@ -12,7 +12,14 @@ from rich.markup import escape
 
 from guardrail.errors import GuardrailError, InputError
 
-__all__ = ["EXIT_INPUT", "EXIT_INTERNAL", "fail", "read_json", "stderr"]
+__all__ = [
+    "EXIT_INPUT",
+    "EXIT_INTERNAL",
+    "configure_logging",
+    "fail",
+    "read_json",
+    "stderr",
+]
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -42,3 +49,29 @@ def read_json(path: Path, what: str) -> Any:
         raise RequestError(
             f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg})"
         ) from err
+
+
+def configure_logging() -> None:
+    """Send structlog events as JSON lines to stderr.
+
+    Unconfigured structlog prints to stdout, where its lines would mix into
+    the JSON or tables a command prints. Python logging (uvicorn, vLLM) goes
+    to stderr at WARNING and above.
+    """
+    import logging
+    import sys
+
+    import structlog
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(ensure_ascii=False),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from guardrail.cli.common import (
     EXIT_INTERNAL,
+    configure_logging,
     fail,
     read_json,
     stderr,
@@ -32,6 +33,11 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Prepare the default model.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+
+
+@app.callback()
+def _setup() -> None:
+    configure_logging()
 
 
 def _tool_choice(value: str) -> Any:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -129,18 +127,7 @@ def _build(settings: ProxyConfig) -> ProxyRuntime:
 
 
 def configure_logging() -> None:
-    """Send structlog events as JSON lines to stderr, uvicorn's errors too."""
-    import structlog
+    """Send structlog events and uvicorn's errors to stderr as JSON lines."""
+    from guardrail.cli.common import configure_logging as configure
 
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(ensure_ascii=False),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    configure()

@@ -163,3 +163,28 @@ def test_invalid_mode_is_rejected():
     )
     assert result.returncode == 2
     assert "--mode must be enforce or shadow" in result.stderr
+
+
+@pytest.mark.model
+def test_run_logs_go_to_stderr(tmp_path):
+    """A condition that fails to evaluate is logged, and stdout stays pure JSON."""
+    policy = write(
+        tmp_path / "p.yaml",
+        "policy: x\ntools:\n  search_orders:\n    allow: true\n"
+        "rules:\n  - id: broken\n    effect: permit\n    tools: [refund_order]\n"
+        "    when: \"request.metadata.missing == 'x'\"\n",
+    )
+    result = guardrail(
+        "run",
+        "--policy",
+        str(policy),
+        "--messages",
+        str(EXAMPLE),
+        "--max-tokens",
+        "48",
+        "--audit-log",
+        str(tmp_path / "a.jsonl"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["role"] == "assistant"
+    assert "condition_failed" in result.stderr
