@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from guardrail.proxy.engine import Engine, EngineResult
     from guardrail.proxy.metrics import ProxyMetrics
     from guardrail.proxy.policies import PolicyDirectory
+    from guardrail.session import Session
 
 __all__ = ["ChatService", "ServedRequest", "find_violations", "new_request_id"]
 
@@ -164,11 +165,12 @@ class ChatService:
         )
 
         result = await self.engine.generate(guard, prepared, spec, options.generation)
-        completion = self._decide(prepared, result, options, record)
+        completion = self._decide(guard.policy, prepared, result, options, record)
         return ServedRequest(completion=completion, options=options)
 
     def _decide(
         self,
+        policy_object: Policy,
         prepared: PreparedRequest,
         result: EngineResult,
         options: RequestOptions,
@@ -176,7 +178,20 @@ class ChatService:
     ) -> Completion:
         """Validate the engine's output and choose what the caller may see."""
         output = result.output
-        violations = find_violations(output, prepared.actions, stopped=result.stopped)
+        # The mask alone decides what find_violations checks without the
+        # policy, so a violation there means the engine did not apply it.
+        # The policy's own checks (conditions on args, budgets within a turn)
+        # run only after generation and can fail on a correctly masked turn.
+        mask_violations = find_violations(
+            output, prepared.actions, stopped=result.stopped
+        )
+        violations = mask_violations or find_violations(
+            output,
+            prepared.actions,
+            stopped=result.stopped,
+            policy=policy_object,
+            session=prepared.session,
+        )
         enforce = prepared.mode == "enforce"
         policy = record.get("policy", "")
 
@@ -194,6 +209,12 @@ class ChatService:
             self.metrics.blocked_calls.labels(policy).inc(withheld)
             record["calls_withheld"] = withheld
             reasons = "; ".join(violations)
+            if not mask_violations:
+                raise ProxyError(
+                    422,
+                    f"the generated call breaks the policy and is withheld: {reasons}",
+                    code="policy_violation",
+                )
             mark_missing = getattr(self.engine, "mark_missing", None)
             if mark_missing is not None:
                 mark_missing(reasons)
@@ -306,21 +327,28 @@ class ChatService:
 
 
 def find_violations(
-    output: ParsedOutput, actions: AllowedActions, *, stopped: bool
+    output: ParsedOutput,
+    actions: AllowedActions,
+    *,
+    stopped: bool,
+    policy: Policy | None = None,
+    session: Session | None = None,
 ) -> list[str]:
     """Return why ``output`` breaks ``actions``; empty when it does not.
 
     A finished turn is validated whole. A turn cut by the token limit is
     judged only on its complete calls, since its end is expected to be
-    unfinished.
+    unfinished. With ``policy`` and ``session``, the policy's own checks
+    (conditions on arguments, allow-lists, budgets) run on every call too.
     """
+    checks = {"policy": policy, "session": session}
     if stopped:
-        return list(validate_output(output, actions).errors)
+        return list(validate_output(output, actions, **checks).errors)
 
     errors: list[str] = []
     for index, call in enumerate(output.calls):
         single = ParsedOutput(content="", calls=(call,))
-        for error in validate_output(single, actions).errors:
+        for error in validate_output(single, actions, **checks).errors:
             errors.append(error.replace("calls[0]", f"calls[{index}]", 1))
     if not actions.parallel_calls and len(output.calls) > 1:
         errors.append(f"{len(output.calls)} calls generated; parallel calls are off")

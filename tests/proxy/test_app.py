@@ -272,6 +272,49 @@ def test_argument_beyond_policy_caught(standin, start_proxy, refund_body):
     assert "5000 is greater than the maximum of 100" in response.text
 
 
+ARGS_CONDITION_POLICY = """\
+policy: support-agent
+tools:
+  search_orders:
+    allow: true
+rules:
+  - id: small-refunds-only
+    effect: permit
+    tools: [refund_order]
+    when: "args.amount <= 50.0"
+"""
+
+
+def test_args_condition_checked_after_generation(
+    standin, start_proxy, refund_body, policy_dir
+):
+    """A condition on args cannot be masked; the proxy checks it afterwards.
+
+    The call passes the mask (refund_order is permitted), so the upstream is
+    not blamed: the answer is 422 and the next request is still served.
+    """
+    (policy_dir / "support-agent.yaml").write_text(ARGS_CONDITION_POLICY, "utf-8")
+    refund = call_text(
+        "refund_order", {"order_id": "O-5521", "amount": 80, "reason": "broken"}
+    )
+    upstream, upstream_server = standin(reply=lambda body, spec: refund)
+    _, proxy = start_proxy(f"{upstream_server.url}/v1", probe_interval_s=300)
+    url = f"{proxy.url}/v1/chat/completions"
+
+    first = httpx.post(url, json=refund_body)
+    upstream.reply = lambda body, spec: call_text(
+        "search_orders", {"customer_id": "C123456"}
+    )
+    second = httpx.post(url, json=refund_body)
+
+    assert first.status_code == 422
+    assert first.json()["error"]["code"] == "policy_violation"
+    assert "no rule permits refund_order" in first.json()["error"]["message"]
+    assert "tool_calls" not in first.text
+    assert second.status_code == 200
+    assert second.json()["choices"][0]["message"]["tool_calls"]
+
+
 @pytest.mark.parametrize(
     ("content", "code", "fragment"),
     [
