@@ -102,7 +102,7 @@ class Guard:
         request's tools and :class:`RequestError` when a tool schema cannot
         be enforced.
         """
-        raise_for_lint(self.policy, request.tools)
+        raise_for_lint(self.policy, request.tools, strict=False)
         session = session_from_request(request)
         actions = evaluate_policy(self.policy, request, session)
         check_tool_schemas(request, actions, self.policy)

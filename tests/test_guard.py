@@ -54,3 +54,26 @@ def test_token_limit_withholds_partial_call(backend):
     assert "generation hit the token limit" in result.validation.errors
     summary = json.loads(stream.getvalue().splitlines()[-1])
     assert summary["output_returned"] is False
+
+
+def test_request_may_carry_subset_of_policy_tools(hf_tokenizer):
+    """Serving tolerates a policy tool the request lacks, unless it looks misspelt."""
+    from guardrail.errors import PolicyError
+    from guardrail.guard import Guard
+    from guardrail.policy.loader import load_policy_text
+
+    body = json.loads((REPO / "examples" / "refund.json").read_text())
+    body["tools"] = [
+        t for t in body["tools"] if t["function"]["name"] != "delete_customer"
+    ]
+    request = parse_chat_request(body)
+    policy = load_policy(REPO / "policies" / "support-agent.yaml")
+
+    prepared = Guard(policy, hf_tokenizer).prepare(request)
+    assert "delete_customer" not in prepared.actions.tool_names
+
+    typo = load_policy_text(
+        "policy: x\ntools:\n  refund_ordr:\n    allow: true\n", source="typo.yaml"
+    )
+    with pytest.raises(PolicyError, match="Did you mean 'refund_order'"):
+        Guard(typo, hf_tokenizer).prepare(request)

@@ -14,7 +14,8 @@ without a session, and flags that have no effect.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -54,16 +55,25 @@ class Finding:
         return f"{where}: {self.severity}: {self.message}"
 
 
-def lint_policy(policy: Policy, tools: Sequence[Tool]) -> list[PolicyError]:
-    """Return every problem of ``policy`` against ``tools``, in file order."""
-    linter = _Linter(policy, tools)
+def lint_policy(
+    policy: Policy, tools: Sequence[Tool], *, strict: bool = True
+) -> list[PolicyError]:
+    """Return every problem of ``policy`` against ``tools``, in file order.
+
+    ``strict`` False is for serving: a request may carry a subset of the
+    tools a policy names, so a named tool it lacks is reported only when a
+    request tool's name is close to it (a likely typo that disables a rule).
+    """
+    linter = _Linter(policy, tools, strict=strict)
     linter.run()
     return linter.problems
 
 
-def raise_for_lint(policy: Policy, tools: Sequence[Tool]) -> None:
+def raise_for_lint(
+    policy: Policy, tools: Sequence[Tool], *, strict: bool = True
+) -> None:
     """Raise the first problem :func:`lint_policy` finds, if any."""
-    problems = lint_policy(policy, tools)
+    problems = lint_policy(policy, tools, strict=strict)
     if problems:
         raise problems[0]
 
@@ -78,8 +88,11 @@ def review_policy(policy: Policy, tools: Sequence[Tool] | None = None) -> list[F
 
 
 class _Linter:
-    def __init__(self, policy: Policy, tools: Sequence[Tool]) -> None:
+    def __init__(
+        self, policy: Policy, tools: Sequence[Tool], *, strict: bool = True
+    ) -> None:
         self.policy = policy
+        self.strict = strict
         self.compiled = policy.compiled()
         self.by_name = {tool.function.name: tool for tool in tools}
         self.documents = {doc.source: doc for doc in (policy, *policy.fragments)}
@@ -131,6 +144,8 @@ class _Linter:
                 continue
             for name in selector.exact_names:
                 if name in self.by_name:
+                    continue
+                if not self.strict and not _close_match(name, self.by_name):
                     continue
                 self.add(
                     f"unknown tool {name!r}: no tool of that name in the request."
@@ -228,6 +243,10 @@ class _Linter:
                         *where,
                         rule=phase.id,
                     )
+
+
+def _close_match(name: str, known: Iterable[str]) -> bool:
+    return bool(difflib.get_close_matches(name, list(known), n=1, cutoff=0.8))
 
 
 def _holds_strings(schema: dict[str, Any]) -> bool:
