@@ -8,6 +8,7 @@ tokenizer fingerprint) in a bounded LRU; a matcher is then cheap to create.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import OrderedDict
@@ -139,7 +140,14 @@ def check_tool_schemas(
 
 
 def _schema_problem(schema: dict[str, Any]) -> str:
-    grammar = llguidance.LLMatcher.grammar_from_json_schema(schema)
+    return _cached_schema_problem(json.dumps(schema, sort_keys=True))
+
+
+# The same tool schemas arrive with every step of every session; validating
+# one costs about a millisecond, so results are kept per canonical JSON text.
+@functools.lru_cache(maxsize=4096)
+def _cached_schema_problem(schema_json: str) -> str:
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(schema_json)
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     return messages[0] if is_error else ""
 
