@@ -32,8 +32,8 @@ demo: model
 		--messages examples/refund.json
 
 lint: install
-	$(BIN)/ruff check guardrail tests
-	$(BIN)/ruff format --check guardrail tests
+	$(BIN)/ruff check guardrail tests integrations benchmarks
+	$(BIN)/ruff format --check guardrail tests integrations benchmarks
 
 # The audit report test renders the page in Debian's Chromium. Install it
 # when missing (needs root and apt-get); without it that test is skipped.
