@@ -10,7 +10,8 @@ One engine, one set of prompts, three kinds of request in turn:
 
 The prompts are the tool conversation of ``examples/refund.json`` rendered
 in the Hermes layout with the ``support-agent`` policy, repeated ``--batch``
-times. Each kind runs ``--repeats`` times after one warm-up. Decode time
+times. Each kind runs ``--repeats`` times after one warm-up, the kinds
+taking turns. Decode time
 is the time of a run minus the time of the same run with ``max_tokens=1``,
 so prefill is not counted. Requests stop at end of sequence, so token counts
 differ between kinds; the throughput is decoded tokens per second of decode
@@ -30,7 +31,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -119,20 +119,29 @@ def timed_run(llm, prompts, params) -> tuple[float, int]:
     return elapsed, sum(len(output.outputs[0].token_ids) for output in outputs)
 
 
-def measure(llm, kind, prompts, make_params, max_tokens, repeats) -> Measurement:
-    """Time ``repeats`` full runs and prefill-only runs; return the median decode."""
-    timed_run(llm, prompts, make_params(max_tokens))  # warm-up
-    decode_rates = []
-    results = []
+def measure(llm, prompts, kinds, max_tokens, repeats) -> dict[str, Measurement]:
+    """Time full and prefill-only runs of each kind; return the median decode.
+
+    The kinds take turns within each repeat, so a change in the machine's
+    load during the benchmark reaches all of them alike.
+    """
+    for make_params in kinds.values():
+        timed_run(llm, prompts, make_params(max_tokens))  # warm-up
+    results: dict[str, list[Measurement]] = {kind: [] for kind in kinds}
     for _ in range(repeats):
-        prefill_seconds, _ = timed_run(llm, prompts, make_params(1))
-        total_seconds, tokens = timed_run(llm, prompts, make_params(max_tokens))
-        decode_tokens = tokens - len(prompts)
-        decode_seconds = max(total_seconds - prefill_seconds, 1e-9)
-        decode_rates.append(decode_tokens / decode_seconds)
-        results.append(Measurement(kind, decode_tokens, decode_seconds))
-    median = statistics.median(decode_rates)
-    return min(results, key=lambda m: abs(m.tokens_per_second - median))
+        for kind, make_params in kinds.items():
+            prefill_seconds, _ = timed_run(llm, prompts, make_params(1))
+            total_seconds, tokens = timed_run(llm, prompts, make_params(max_tokens))
+            decode_seconds = max(total_seconds - prefill_seconds, 1e-9)
+            results[kind].append(
+                Measurement(kind, tokens - len(prompts), decode_seconds)
+            )
+
+    medians = {}
+    for kind, runs in results.items():
+        runs.sort(key=lambda m: m.tokens_per_second)
+        medians[kind] = runs[len(runs) // 2]
+    return medians
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,12 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     kinds = {"plain": plain, "guardrail": guarded, "vllm-required": required}
-    measurements = {
-        kind: measure(
-            backend.llm, kind, prompts, make_params, args.max_tokens, args.repeats
-        )
-        for kind, make_params in kinds.items()
-    }
+    measurements = measure(backend.llm, prompts, kinds, args.max_tokens, args.repeats)
     backend.flush_audit()
 
     print(machine_description())

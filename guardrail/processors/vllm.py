@@ -204,7 +204,6 @@ class _Row:
     max_tokens: int | None
     pending: StepRecord | None = None
     pending_at: int = 0
-    parked: bool = False
 
 
 class GuardrailLogitsProcessor(*_bases()):  # type: ignore[misc]
@@ -332,11 +331,19 @@ class GuardrailLogitsProcessor(*_bases()):  # type: ignore[misc]
         if self._duplicate or not self._rows:
             return logits
 
-        guards: list[SequenceGuard | None] = [None] * logits.shape[0]
+        rows = logits.shape[0]
+        guards: list[SequenceGuard | None] = [None] * rows
         for index, row in self._rows.items():
-            if index < logits.shape[0]:
-                self._sync(row)
-                guards[index] = row.guard
+            if index >= rows:
+                # Only speculative decoding or a changed vLLM batch layout
+                # could cause this; masking the wrong rows is worse than
+                # stopping the engine.
+                raise RuntimeError(
+                    f"guardrail: the logits have {rows} rows but guarded request "
+                    f"{row.spec.request_id!r} is in row {index}"
+                )
+            self._sync(row)
+            guards[index] = row.guard
 
         self._masker.apply(logits, guards)
         return logits
@@ -370,7 +377,6 @@ class GuardrailLogitsProcessor(*_bases()):  # type: ignore[misc]
         """
         parked = self._parked.pop(id(params), None)
         if parked is not None and parked.params() is params:
-            parked.parked = False
             parked.output_ids = output_ids
             parked.guard = self._new_guard(parked.spec, output_ids)
             parked.guard.listener = self._listener(parked)
@@ -522,7 +528,6 @@ class GuardrailLogitsProcessor(*_bases()):  # type: ignore[misc]
         if params is None or self._finish_reason(row) != "abort":
             self._complete(row)
             return
-        row.parked = True
         self._parked[id(params)] = row
 
     def _on_params_freed(self, reference: weakref.ref[Any]) -> None:
@@ -547,7 +552,6 @@ class GuardrailLogitsProcessor(*_bases()):  # type: ignore[misc]
 
     def _complete(self, row: _Row) -> None:
         """Write the ``request_completed`` event of a request that left the batch."""
-        row.parked = False
         self._settle(row)
         if row.audit is None:
             return
