@@ -11,23 +11,30 @@ vLLM calls the processor once per engine step:
 - ``update_state`` with the batch changes: new rows, removed rows and rows
   moved or swapped by vLLM's batch compaction. A row that a move or an add
   overwrites has left the batch even when ``removed`` does not list it.
-- ``apply`` with float32 logits ``[rows, vocabulary]`` after vLLM's own
-  allowed-token and bad-word masks and before penalties and temperature, so
+- ``apply`` with float32 logits ``[rows, vocabulary]`` after vLLM's
+  allowed-token and bad-word masks, ``min_tokens`` and ``logit_bias``, and
+  before penalties and temperature (``Sampler.apply_logits_processors``), so
   the blocked mass is measured at temperature 1. Each guarded row first
   consumes the tokens committed since the last step from the request's live
   ``output_token_ids`` list, then :class:`~guardrail.processors.core.TokenMasker`
   masks it.
 
-A row that leaves the batch is either finished (stop token, ``max_tokens``,
-grammar error) and gets its ``request_completed`` audit event at once, or
-parked: a preempted request comes back with the same ``SamplingParams``
-object and its matcher is rebuilt from the committed tokens. A parked row is
-completed as ``abort`` when vLLM frees its ``SamplingParams`` (stop string,
-client disconnect) or when the batch becomes empty.
+A row that leaves the batch is either finished (its last token is a stop
+token, or it reached ``max_tokens``) and gets its ``request_completed``
+audit event at once, or it is parked. A preempted request comes back with
+the same ``SamplingParams`` object, and its matcher is rebuilt from the
+committed tokens. A parked row is completed as ``abort`` when vLLM frees its
+``SamplingParams`` (stop string, client disconnect) or when the batch
+becomes empty.
 
-Unsupported engine set-ups are rejected at start, never run unguarded:
-Model Runner V2, speculative decoding, and async scheduling with the
-processor loaded only from the entry point (see :func:`check_engine_config`).
+Engine set-ups the processor cannot guard are rejected at start: Model
+Runner V2, speculative decoding, and async scheduling with the processor
+loaded only from the entry point (see :func:`check_engine_config`).
+
+NOTE: with speculative decoding, vLLM 0.32 builds no entry-point processor
+at all (``build_logitsprocs`` in vllm/v1/sample/logits_processor/__init__.py),
+so guarded requests would run without the mask. Only a processor named in
+``logits_processors`` makes vLLM reject that engine, so always name it.
 """
 
 from __future__ import annotations
@@ -190,8 +197,8 @@ class _Row:
 
     ``params`` is a weak reference: its identity marks a preempted request
     that comes back, and once it is freed, vLLM has dropped the request.
-    ``pending`` holds the step record of the last ``apply`` until the next
-    token arrives. vLLM samples and discards a token for a request whose
+    ``pending`` is the step record of the last ``apply``, kept until the
+    next token arrives. vLLM samples and discards a token for a request whose
     prompt is still being prefilled in chunks, and such a step is not audited.
     """
 
@@ -271,8 +278,14 @@ class GuardrailLogitsProcessor(*_bases()):  # type: ignore[misc]
         if sampling_params.n != 1:
             raise ValueError(
                 f"n={sampling_params.n} is not supported for a guarded request, "
-                "because each guard spec audits one sequence; send n=1 and "
-                "repeat the request instead"
+                "because each guard spec audits one sequence. Send n=1 and "
+                "repeat the request instead."
+            )
+        if sampling_params.thinking_token_budget is not None:
+            raise ValueError(
+                "thinking_token_budget is not supported for a guarded request, "
+                "because vLLM forces the end-of-thinking tokens after the "
+                "guardrail mask. Remove thinking_token_budget."
             )
         try:
             tool_format = get_format(spec.format)

@@ -1,8 +1,8 @@
 """Fixtures for the vLLM tests: a private vLLM environment and an audit file.
 
-vLLM writes caches, compile output and socket files under the home folder
-and ``/tmp`` unless told otherwise, so every vLLM test points them into one
-temporary folder. Engines run in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``)
+By default vLLM writes caches, compile output and socket files under the
+home folder and ``/tmp``, so every vLLM test points them into one temporary
+folder. Engines run in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``)
 with a 1 GiB KV cache, which fits the 135M default model.
 """
 

@@ -1,11 +1,11 @@
 """Batch bookkeeping of the vLLM processor, driven step by step without an engine.
 
-The processor is built from a real vLLM config for the default model and
-fed real ``BatchUpdate`` and ``SamplingParams`` objects in the orders that
-vLLM's ``InputBatch`` produces them (vllm/v1/worker/gpu_input_batch.py in
-vLLM 0.32): a finished row overwritten by an add or a compaction move,
-swaps, an empty batch, a preempted request coming back with its committed
-tokens, a step discarded by chunked prefill. Logits are seeded random
+The processor is built from a real vLLM config for the default model. The
+tests feed it real ``BatchUpdate`` and ``SamplingParams`` objects in the
+orders that vLLM's ``InputBatch`` produces (vllm/v1/worker/gpu_input_batch.py
+in vLLM 0.32). The cases are a finished row overwritten by an add or a
+compaction move, swaps, an empty batch, a preempted request coming back with
+its committed tokens, and a step discarded by chunked prefill. Logits are seeded random
 tensors of the model's vocabulary width; tokens are chosen greedily from
 the masked logits, as vLLM's greedy sampler would.
 """
@@ -37,6 +37,8 @@ from guardrail.processors.vllm import (  # noqa: E402
 )
 
 EOS = 2  # <|im_end|> in the SmolLM2 vocabulary
+VALID_SPEC = weather_spec("valid").model_dump_json()
+XML_SPEC = weather_spec("xml").model_copy(update={"format": "xml"}).model_dump_json()
 
 
 @pytest.fixture(scope="module")
@@ -366,26 +368,21 @@ def test_second_instance_stops(vllm_config, audit_log):
 
 
 @pytest.mark.parametrize(
-    ("extra_args", "n", "message"),
+    ("extra_args", "options", "message"),
     [
-        ({"guardrail": "{not json"}, 1, "not valid JSON"),
-        ({"guardrail": 5}, 1, "must be a JSON string"),
-        ({"guardrail": '{"request_id": ""}'}, 1, "invalid guard spec"),
-        ({"guardrail": weather_spec("x").model_dump_json()}, 2, "n=2"),
-        (
-            {
-                "guardrail": weather_spec("x")
-                .model_copy(update={"format": "xml"})
-                .model_dump_json()
-            },
-            1,
-            "unknown tool-call format 'xml'",
-        ),
+        ({"guardrail": "{not json"}, {}, "not valid JSON"),
+        ({"guardrail": 5}, {}, "must be a JSON string"),
+        ({"guardrail": '{"request_id": ""}'}, {}, "invalid guard spec"),
+        ({"guardrail": VALID_SPEC}, {"n": 2}, "n=2"),
+        ({"guardrail": VALID_SPEC}, {"thinking_token_budget": 8}, "thinking_token"),
+        ({"guardrail": XML_SPEC}, {}, "unknown tool-call format 'xml'"),
     ],
 )
-def test_validate_params_rejects_bad_spec(extra_args, n, message):
+def test_validate_params_rejects_bad_spec(extra_args, options, message):
     """validate_params raises ValueError, which vLLM turns into HTTP 400."""
-    params = SamplingParams(max_tokens=8, n=n, temperature=1.0, extra_args=extra_args)
+    params = SamplingParams(
+        max_tokens=8, temperature=1.0, extra_args=extra_args, **options
+    )
 
     with pytest.raises(ValueError, match=message):
         GuardrailLogitsProcessor.validate_params(params)
