@@ -59,6 +59,8 @@ def configure_environment(root: Path) -> None:
     # On a shared CPU, two spinning OpenMP threads per process slowed decoding
     # about 8x in this benchmark; set OMP_NUM_THREADS to use more.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # The processor rejects Model Runner V2, vLLM 0.32's default on a GPU.
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
     tempfile.tempdir = None
 
 
@@ -159,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per kind")
     parser.add_argument("--dtype", default="float32", help="model dtype passed to vLLM")
     parser.add_argument(
+        "--eager",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run without torch.compile and CUDA graphs (default: on)",
+    )
+    parser.add_argument(
         "--work-dir",
         type=Path,
         default=None,
@@ -180,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = args.model or prepare_default_model(default_model_dir())
     backend = VLLMBackend(
         model_dir,
-        enforce_eager=True,
+        enforce_eager=args.eager,
         dtype=args.dtype,
         max_model_len=2048,
         max_num_seqs=max(args.batch, 1),
@@ -217,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(machine_description())
     print(
-        f"model: {model_dir.name}, dtype {args.dtype}, batch {args.batch}, "
-        f"max_tokens {args.max_tokens}, median of {args.repeats} runs"
+        f"model: {model_dir.name}, dtype {args.dtype}, eager {args.eager}, "
+        f"batch {args.batch}, max_tokens {args.max_tokens}, "
+        f"median of {args.repeats} runs"
     )
     print(f"{'kind':<15}{'decoded tokens':>16}{'decode s':>10}{'tokens/s':>10}")
     for item in measurements.values():
