@@ -181,3 +181,19 @@ def test_replay_invalid_policy_exits_2(generated_log, tmp_path):
 
     assert result.returncode == 2
     assert f"{bad}:2" in result.stderr
+
+
+def test_summary_progress_forced_on(generated_log):
+    result = audit("summary", str(generated_log), "--progress", "--json")
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["overall"]["requests"] == 5
+
+
+def test_report_unwritable_output_exits_2(generated_log, tmp_path):
+    output = tmp_path / "missing" / "report.html"
+
+    result = audit("report", str(generated_log), "-o", str(output))
+
+    assert result.returncode == 2
+    assert "cannot write the report to" in result.stderr
