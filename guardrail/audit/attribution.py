@@ -6,11 +6,13 @@ the text generated so far, that is enough to say what the model was trying
 to write when the mask stopped it:
 
 - at a tool-name step (the Hermes layout has just written ``{"name": "``),
-  each blocked candidate extends the name. It spells a tool of the request
-  that the policy denies at this step (``denied_tool``, with the rule that
-  denied it), a name that is no tool of the request (``invented_tool``,
-  with the invented prefix decoded), or text that cannot be a name
-  (``malformed``);
+  each blocked candidate extends the name. It may spell a tool of the
+  request that the policy denies at this step (``denied_tool``, with the
+  rule that denied it). It may spell a name that is no tool of the request
+  (``invented_tool``, with the invented prefix decoded). A prefix of an
+  allowed name, blocked only because the grammar engine accepts other
+  tokens for it, is ``tokenization``. Anything else is text that cannot be
+  a name (``malformed``);
 - at an argument step, the candidate's value is checked against the
   argument's schema and the first constraint it breaks is named
   (``argument``: for example ``amount`` above ``maximum: 100``), or the key
@@ -71,7 +73,7 @@ TOOL_KINDS = frozenset({"denied_tool", "invented_tool"})
 class ToolCatalog:
     """The tools of one request, allowed or denied by the policy at this step.
 
-    ``allowed`` maps each allowed tool to its narrowed argument schema;
+    ``allowed`` maps each allowed tool to its narrowed argument schema.
     ``denied`` maps each tool of the request that may not be called to the
     rule that blocked it (id with file:line, or ``None``) and the reason.
     ``policy_arguments`` maps tool, argument and keyword to the policy rule
@@ -446,8 +448,8 @@ class JsonState:
 
     ``kind`` is ``key`` (a key is expected or being written), ``value`` (a
     value is being written, of type ``value_type``) or ``after_value``.
-    ``path`` leads to the value (or to the object whose key is written);
-    ``partial`` is the unfinished key, string content or number text;
+    ``path`` leads to the value (or to the object whose key is written).
+    ``partial`` is the unfinished key, string content or number text, and
     ``keys`` are the keys already complete in the innermost object.
     """
 

@@ -78,7 +78,7 @@ def parse_time(value: str) -> datetime:
 
 @dataclass(frozen=True)
 class EventFilter:
-    """Which events to keep; every field set must match.
+    """The conditions an event must meet to be kept; every field set must match.
 
     ``tool`` keeps events that mention the tool: as offered, allowed or
     called in ``request_completed``, as a target of attribution, or as the
@@ -285,7 +285,7 @@ def _event_name(line: bytes) -> str | None:
     """Read the top-level event name from a line without decoding it.
 
     structlog writes ``event`` after every field but ``timestamp``, so the
-    last occurrence of the key is the top-level one; a nested key of that
+    last occurrence of the key is the top-level one. A nested key of that
     name earlier in the line does not mislead it.
     """
     start = line.rfind(_EVENT_KEY)

@@ -1,4 +1,4 @@
-"""What another policy would have decided on logged requests.
+"""Replay of logged requests under another policy, before its rollout.
 
 Each ``request_completed`` event records the request's tools (name and
 parameter schema), its ``tool_choice``, the calls of the history and the
