@@ -13,7 +13,6 @@ invented names as a whole), at the first step above the threshold.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,14 +44,17 @@ def policy_alert_threshold(policy: Policy | None, default: float) -> float:
 
 
 def _untrusted_check(policy: Policy | None) -> Callable[[str], bool] | None:
-    """Return the policy's test for untrusted tools, or ``None`` if it marks none."""
-    if policy is None or not getattr(policy, "untrusted", None):
+    """Return the policy's test for untrusted tools, or ``None`` if it marks none.
+
+    The compiled policy merges ``untrusted`` from every included fragment, so
+    a fragment that marks a tool untrusted counts as well.
+    """
+    if policy is None:
         return None
-    compiled = policy.compiled() if hasattr(policy, "compiled") else None
-    if compiled is not None and hasattr(compiled, "is_untrusted"):
-        return compiled.is_untrusted  # type: ignore[no-any-return]
-    patterns = list(policy.untrusted)
-    return lambda tool: any(fnmatch.fnmatchcase(tool, p) for p in patterns)
+    compiled = policy.compiled()
+    if not compiled.untrusted:
+        return None
+    return compiled.is_untrusted
 
 
 def latest_untrusted_result(

@@ -12,7 +12,7 @@ from guardrail.audit.alerts import (
     policy_alert_threshold,
 )
 from guardrail.audit.attribution import AttributionItem, StepAttribution
-from guardrail.policy.loader import load_policy_text
+from guardrail.policy.loader import load_policy, load_policy_text
 from guardrail.request import parse_chat_request
 from guardrail.session import session_from_request
 
@@ -60,6 +60,19 @@ def test_untrusted_result_marked_by_policy():
     assert result["marked"] is True
     assert result["chars"] == 640
     assert len(result["excerpt"]) == 240
+
+
+def test_untrusted_result_marked_by_fragment(tmp_path):
+    """A fragment's ``untrusted`` list counts, not only the top file's."""
+    (tmp_path / "base.yaml").write_text("policy: base\nuntrusted: [fetch_*]\n")
+    top = tmp_path / "top.yaml"
+    top.write_text("policy: top\ninclude:\n  - path: base.yaml\n")
+    policy = load_policy(top)
+
+    result = latest_untrusted_result(policy, session_with_results())
+
+    assert result["tool"] == "fetch_url"
+    assert result["marked"] is True
 
 
 def test_untrusted_result_marked_by_message():
