@@ -104,6 +104,13 @@ def check_constraint(
             )
         _check_value(keyword, value, property_schema)
 
+    if _pinned_types(property_schema, constraint) == []:
+        keywords = ", ".join(k for k in constraint if k in _KEYWORD_TYPES)
+        raise ConstraintProblem(
+            f"keywords {keywords} apply to different JSON types, so no value "
+            "satisfies them all; keep the keywords of one type"
+        )
+
 
 def _is_known(keyword: str) -> bool:
     return any(keyword in keywords for keywords in SUPPORTED_KEYWORDS.values()) or (
@@ -184,7 +191,46 @@ def narrow_property(
 
     if extra:
         merged["allOf"] = [*merged.get("allOf", []), *extra]
+
+    pinned = _pinned_types(property_schema, constraint)
+    if pinned is not None:
+        merged["type"] = pinned[0] if len(pinned) == 1 else pinned
     return merged
+
+
+# JSON Schema's type-specific keywords ignore values of other types: without a
+# pinned type, `maximum: 100` lets the string "5000" through an argument whose
+# schema leaves the type open.
+_KEYWORD_TYPES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"),
+        ("integer", "number"),
+    ),
+    **dict.fromkeys(("pattern", "minLength", "maxLength", "format"), ("string",)),
+    **dict.fromkeys(("minItems", "maxItems"), ("array",)),
+}
+
+
+def _pinned_types(
+    property_schema: Mapping[str, Any], constraint: Mapping[str, Any]
+) -> list[str] | None:
+    """Return the types a constrained property is limited to, or None if any."""
+    families = [_KEYWORD_TYPES[k] for k in constraint if k in _KEYWORD_TYPES]
+    if not families:
+        return None
+
+    declared = property_schema.get("type")
+    if declared is None:
+        candidates = ["integer", "number", "string", "array"]
+    elif isinstance(declared, str):
+        candidates = [declared]
+    else:
+        candidates = [str(item) for item in declared]
+
+    kept = [t for t in candidates if all(t in family for family in families)]
+    if "number" in kept and "integer" in kept:
+        kept.remove("integer")
+    return kept
 
 
 def narrow_parameters(

@@ -48,3 +48,37 @@ def test_supported_request_schema_passes():
     )
     actions = evaluate_policy(POLICY, request, session_from_request(request))
     check_tool_schemas(request, actions, POLICY)
+
+
+@pytest.mark.parametrize(
+    "amount",
+    [
+        {"description": "no type"},
+        {"type": ["number", "string"]},
+        {"anyOf": [{"type": "number"}, {"type": "string"}]},
+    ],
+)
+def test_numeric_constraint_pins_open_type(hf_tokenizer, amount):
+    """`maximum` on an argument of open type must not let "5000" through."""
+    from guardrail.guard import Guard
+
+    request = request_with(
+        {"type": "object", "properties": {"amount": amount}, "required": ["amount"]}
+    )
+    policy = load_policy_text(
+        "policy: p\ntools:\n  t:\n    allow: true\n    arguments:\n"
+        "      amount: {maximum: 100}\n",
+        source="p.yaml",
+    )
+    guard = Guard(policy, hf_tokenizer)
+    prepared = guard.prepare(request)
+    tokenizer = guard.compiler.tokenizer
+
+    for value, expected in [('"5000"', False), ("[5000]", False), ("50", True)]:
+        sequence = guard.new_sequence(prepared, audit=None)
+        text = f'<tool_call>{{"name": "t", "arguments": {{"amount": {value}}}}}'
+        text += "</tool_call>"
+        accepted = sequence.matcher.consume_tokens(tokenizer.tokenize_str(text))
+        assert accepted is expected, value
+        result = guard.finish(prepared, text, stopped=True, sequence=None, audit=None)
+        assert result.validation.passed is expected, value
