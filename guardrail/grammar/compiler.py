@@ -84,9 +84,13 @@ class GrammarCompiler:
             text, self.tokenizer
         )
         if is_error:
+            # llguidance's message can quote the whole grammar, which holds
+            # other tools' schemas and the policy's constraints: keep the
+            # first line only, since callers may see this message.
+            reason = messages[0].splitlines()[0][:300]
             raise GrammarError(
                 f"llguidance rejected the grammar built for tools "
-                f"{list(actions.tool_names)}: {messages[0]}"
+                f"{list(actions.tool_names)}: {reason}"
             )
         compiled = CompiledGrammar(key=key, text=text)
 

@@ -183,19 +183,77 @@ def _lark(body: str) -> str:
 
 
 def _call_schema(actions: AllowedActions) -> dict[str, Any]:
-    branches = [
-        {
-            "type": "object",
-            "properties": {
-                "name": {"const": tool.name},
-                "arguments": tool.parameters,
-            },
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for tool in actions.tools
-    ]
-    return {"x-guidance": _JSON_LAYOUT, "anyOf": branches}
+    """Return one JSON schema whose ``anyOf`` branches are the allowed calls.
+
+    Each tool's parameters move under ``arguments`` of its branch, so their
+    local ``$ref`` pointers (``#/$defs/X``, ``#/definitions/X``, ``#``) are
+    rewritten to definitions hoisted to this schema's root.
+    """
+    definitions: dict[str, Any] = {}
+    branches = []
+    for tool in actions.tools:
+        arguments = _hoist_definitions(tool.name, tool.parameters, definitions)
+        branches.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": tool.name}, "arguments": arguments},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+
+    schema: dict[str, Any] = {"x-guidance": _JSON_LAYOUT, "anyOf": branches}
+    if definitions:
+        schema["$defs"] = definitions
+    return schema
+
+
+def _hoist_definitions(
+    tool: str, parameters: dict[str, Any], definitions: dict[str, Any]
+) -> dict[str, Any]:
+    prefix = f"{tool}."
+    root = f"#/$defs/{prefix}"
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, list):
+            return [rewrite(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        rewritten = {key: rewrite(value) for key, value in node.items()}
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#"):
+            rewritten["$ref"] = _rewrite_pointer(ref, root)
+        return rewritten
+
+    body = {k: v for k, v in parameters.items() if k not in {"$defs", "definitions"}}
+    for section in ("$defs", "definitions"):
+        for name, definition in (parameters.get(section) or {}).items():
+            definitions[f"{prefix}{name}"] = rewrite(definition)
+
+    arguments = rewrite(body)
+    if _uses_root_pointer(parameters):
+        definitions[f"{prefix}"] = arguments
+    return arguments
+
+
+def _rewrite_pointer(ref: str, root: str) -> str:
+    for section in ("#/$defs/", "#/definitions/"):
+        if ref.startswith(section):
+            return root + ref[len(section) :]
+    # Any other local pointer is relative to the parameters themselves.
+    return root.rstrip("/") + ref[1:] if ref != "#" else root.rstrip("/")
+
+
+def _uses_root_pointer(node: Any) -> bool:
+    if isinstance(node, list):
+        return any(_uses_root_pointer(item) for item in node)
+    if not isinstance(node, dict):
+        return False
+    ref = node.get("$ref")
+    sections = ("#/$defs/", "#/definitions/")
+    if isinstance(ref, str) and ref.startswith("#") and not ref.startswith(sections):
+        return True
+    return any(_uses_root_pointer(value) for value in node.values())
 
 
 def _plain_messages(request: ChatRequest) -> list[dict[str, str]]:

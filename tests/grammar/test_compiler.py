@@ -82,3 +82,41 @@ def test_numeric_constraint_pins_open_type(hf_tokenizer, amount):
         assert accepted is expected, value
         result = guard.finish(prepared, text, stopped=True, sequence=None, audit=None)
         assert result.validation.passed is expected, value
+
+
+PYDANTIC_STYLE = {
+    "type": "object",
+    "$defs": {
+        "Address": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}},
+            "required": ["city"],
+            "additionalProperties": False,
+        }
+    },
+    "properties": {
+        "home": {"$ref": "#/$defs/Address"},
+        "work": {"$ref": "#/properties/home"},
+    },
+    "required": ["home", "work"],
+}
+
+
+def test_tool_schema_with_defs_compiles(hf_tokenizer):
+    """Schemas from pydantic use $defs; nesting them must keep refs resolvable."""
+    from guardrail.guard import Guard
+
+    request = request_with(PYDANTIC_STYLE)
+    guard = Guard(POLICY, hf_tokenizer)
+    prepared = guard.prepare(request)
+    tokenizer = guard.compiler.tokenizer
+
+    good = '{"home": {"city": "Oslo"}, "work": {"city": "Bergen"}}'
+    bad = '{"home": {"city": "Oslo"}, "work": {"town": "Bergen"}}'
+    for arguments, expected in [(good, True), (bad, False)]:
+        sequence = guard.new_sequence(prepared, audit=None)
+        text = f'<tool_call>{{"name": "t", "arguments": {arguments}}}</tool_call>'
+        accepted = sequence.matcher.consume_tokens(tokenizer.tokenize_str(text))
+        assert accepted is expected, arguments
+        result = guard.finish(prepared, text, stopped=True, sequence=None, audit=None)
+        assert result.validation.passed is expected, arguments
