@@ -6,8 +6,10 @@ the :class:`~guardrail.spec.GuardSpec`. The same ``vllm_xargs`` dictionary
 goes into the ``extra_body`` of an OpenAI client that talks to ``vllm serve``.
 
 :class:`VLLMBackend` owns an ``LLM`` with the guardrail processor loaded and
-runs whole requests: prepare, ``LLM.generate``, then :meth:`Guard.finish`
-for the parsed calls and post-validation. Inside the engine, the processor
+runs whole requests: prepare, ``LLM.generate`` on the prompt that the
+guard's tool-call format renders (or ``LLM.chat`` with the model's own chat
+template), then :meth:`Guard.finish` for the parsed calls and
+post-validation. Inside the engine, the processor
 writes the ``decode_step`` and ``request_completed`` audit events to the file
 named by ``GUARDRAIL_AUDIT_LOG`` (stderr when unset), so ``Guard.finish`` is
 called without an audit here and each request has one summary.
@@ -24,7 +26,7 @@ from guardrail.errors import ModelError
 from guardrail.spec import GuardSpec
 
 if TYPE_CHECKING:
-    from vllm import LLM, SamplingParams
+    from vllm import LLM, RequestOutput, SamplingParams
     from vllm.inputs import TokensPrompt
 
     from guardrail.guard import EnforcementMode, Guard, GuardedResult, PreparedRequest
@@ -176,6 +178,37 @@ class VLLMBackend:
         )
         return self.run(guard, [prepared], [params])[0]
 
+    def chat(
+        self,
+        guard: Guard,
+        request: ChatRequest,
+        *,
+        mode: EnforcementMode | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        request_id: str | None = None,
+    ) -> GuardedResult:
+        """Generate one guarded turn with ``LLM.chat`` and the model's chat template.
+
+        For models whose chat template renders ``tools`` in the layout of the
+        guard's tool-call format. The grammar is the same as in
+        :meth:`generate`; only the prompt differs. SmolLM2's template ignores
+        ``tools``, so with it the model sees no tool list.
+        """
+        prepared = prepare_vllm_request(
+            guard, request, mode=mode, request_id=request_id
+        )
+        params = prepared.sampling_params(
+            max_tokens=max_tokens, temperature=temperature, seed=seed
+        )
+        body = request.model_dump(mode="json", exclude_none=True)
+        outputs = self.llm.chat(
+            body["messages"], params, use_tqdm=False, tools=body.get("tools") or None
+        )
+        self.flush_audit()
+        return self._finish(guard, prepared, outputs[0])
+
     def run(
         self,
         guard: Guard,
@@ -196,19 +229,22 @@ class VLLMBackend:
         outputs = self.llm.generate(prompts, list(params), use_tqdm=False)
         self.flush_audit()
 
-        results = []
-        for request, output in zip(requests, outputs, strict=True):
-            completion = output.outputs[0]
-            results.append(
-                guard.finish(
-                    request.prepared,
-                    completion.text,
-                    stopped=completion.finish_reason == "stop",
-                    sequence=None,
-                    audit=None,
-                )
-            )
-        return results
+        return [
+            self._finish(guard, request, output)
+            for request, output in zip(requests, outputs, strict=True)
+        ]
+
+    def _finish(
+        self, guard: Guard, request: VLLMRequest, output: RequestOutput
+    ) -> GuardedResult:
+        completion = output.outputs[0]
+        return guard.finish(
+            request.prepared,
+            completion.text,
+            stopped=completion.finish_reason == "stop",
+            sequence=None,
+            audit=None,
+        )
 
     def flush_audit(self) -> None:
         """Let an in-process engine take finished requests out of its batch.

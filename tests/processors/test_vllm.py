@@ -255,3 +255,19 @@ def test_guarded_request_without_tools_writes_text(vllm_backend, engine_audit):
     assert "<tool_call>" not in output[0].outputs[0].text
     summary = events_of(read_events(engine_audit), "none-mode", "request_completed")
     assert summary[0]["tool_choice_mode"] == "none"
+
+
+def test_chat_with_model_template_complies(vllm_backend, engine_audit):
+    """LLM.chat with the model's own template is guarded by the same spec."""
+    policy, request = load_example("support-agent.yaml", "refund.json")
+
+    result = vllm_backend.chat(
+        vllm_backend.guard(policy), request, max_tokens=64, request_id="chat-1"
+    )
+
+    assert result.validation.passed, result.validation.errors
+    assert result.message is not None
+    names = {call["function"]["name"] for call in result.message["tool_calls"]}
+    assert names <= {"search_orders", "refund_order"}
+    summary = events_of(read_events(engine_audit), "chat-1", "request_completed")
+    assert len(summary) == 1
