@@ -194,7 +194,7 @@ class VLLMBackend:
         For models whose chat template renders ``tools`` in the layout of the
         guard's tool-call format. The grammar is the same as in
         :meth:`generate`; only the prompt differs. SmolLM2's template ignores
-        ``tools``, so with it the model sees no tool list.
+        ``tools``, so with that model the prompt contains no tool list.
         """
         prepared = prepare_vllm_request(
             guard, request, mode=mode, request_id=request_id

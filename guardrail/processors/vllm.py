@@ -349,8 +349,8 @@ class GuardrailLogitsProcessor(*_bases()):  # type: ignore[misc]
         for index, row in self._rows.items():
             if index >= rows:
                 # Only speculative decoding or a changed vLLM batch layout
-                # could cause this; masking the wrong rows is worse than
-                # stopping the engine.
+                # could cause this. Masking the wrong rows would be worse
+                # than stopping the engine.
                 raise RuntimeError(
                     f"guardrail: the logits have {rows} rows but guarded request "
                     f"{row.spec.request_id!r} is in row {index}"
