@@ -8,8 +8,11 @@ call on.
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
@@ -20,7 +23,66 @@ if TYPE_CHECKING:
     from guardrail.policy.model import Policy
     from guardrail.session import Session
 
-__all__ = ["ValidationResult", "validate_output"]
+__all__ = ["ArgumentValidator", "ValidationResult", "validate_output"]
+
+
+def _ecma_pattern(pattern: str) -> str:
+    """Translate ``$`` outside character classes to Python's ``\\Z``.
+
+    JSON Schema patterns follow ECMA-262, where ``$`` matches only at the end
+    of the string; Python's ``$`` also matches before a final newline, which
+    let ``"O-5521\\n"`` pass ``^O-[0-9]{4}$``.
+    """
+    out: list[str] = []
+    escaped = in_class = False
+    for char in pattern:
+        if escaped:
+            out.append(char)
+            escaped = False
+        elif char == "\\":
+            out.append(char)
+            escaped = True
+        elif char == "[":
+            in_class = True
+            out.append(char)
+        elif char == "]":
+            in_class = False
+            out.append(char)
+        elif char == "$" and not in_class:
+            out.append(r"\Z")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled_pattern(pattern: str) -> re.Pattern[str]:
+    # ECMA-262 classes such as \d and \w are ASCII-only.
+    return re.compile(_ecma_pattern(pattern), re.ASCII)
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
+) -> Iterator[jsonschema.ValidationError]:
+    del validator, schema
+    if not isinstance(instance, str):
+        return
+    try:
+        compiled = _compiled_pattern(pattern)
+    except re.error as err:
+        # Fail closed: a pattern Python cannot run cannot vouch for a value.
+        yield jsonschema.ValidationError(
+            f"pattern {pattern!r} cannot be checked: {err}"
+        )
+        return
+    if not compiled.search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+ArgumentValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, {"pattern": _pattern}
+)
+"""Draft 2020-12 with ECMA-262 pattern semantics; use it with its format checker."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +123,9 @@ def validate_output(
         if allowed is None:
             errors.append(f"calls[{index}]: tool {call.name!r} is not allowed")
             continue
-        validator = jsonschema.Draft202012Validator(allowed.parameters)
+        validator = ArgumentValidator(
+            allowed.parameters, format_checker=ArgumentValidator.FORMAT_CHECKER
+        )
         for problem in validator.iter_errors(call.arguments):
             where = "".join(f"[{part!r}]" for part in problem.absolute_path)
             errors.append(

@@ -142,7 +142,7 @@ class HermesFormat:
 
         content = text[:start].strip()
         calls: list[ParsedCall] = []
-        decoder = json.JSONDecoder()
+        decoder = json.JSONDecoder(parse_constant=_reject_constant)
         position = start
         while position < len(text):
             if not text.startswith(CALL_START, position):
@@ -325,6 +325,12 @@ def _native_messages(request: ChatRequest) -> list[dict[str, Any]]:
             entry["tool_call_id"] = getattr(message, "tool_call_id", "")
         native.append(entry)
     return native
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity, which JSON does not, and NaN
+    # compares false with every bound, so it would pass ``maximum``.
+    raise json.JSONDecodeError(f"{name} is not valid JSON", name, 0)
 
 
 def _skip_space(text: str, position: int) -> int:
