@@ -55,8 +55,10 @@ class GuardedResult:
     """The outcome of one guarded generation.
 
     ``message`` is the OpenAI assistant message, or ``None`` when enforce
-    mode found the output invalid (truncated or failing post-validation), in
-    which case nothing of it may be used as a call.
+    mode found that the output breaks the policy, in which case nothing of
+    it may be used. A turn cut off by the token limit keeps its text but
+    loses its calls; ``calls_withheld`` counts calls left out, the partial
+    one included.
     """
 
     request_id: str
@@ -65,6 +67,7 @@ class GuardedResult:
     output: ParsedOutput
     validation: ValidationResult
     text: str
+    calls_withheld: int = 0
 
 
 class Guard:
@@ -159,23 +162,29 @@ class Guard:
         """
         output = self.format.parse_output(text)
         validation = validate_output(
-            output, prepared.actions, policy=self.policy, session=prepared.session
+            output,
+            prepared.actions,
+            policy=self.policy,
+            session=prepared.session,
+            complete=stopped,
         )
-        if not stopped:
-            validation = ValidationResult(
-                passed=False,
-                errors=(*validation.errors, "generation hit the token limit"),
-            )
 
         enforce = prepared.mode == "enforce"
+        calls_withheld = 0
         message: dict[str, Any] | None = _assistant_message(output)
         if enforce and not validation.passed:
             message = None
-        finish_reason: FinishReason = (
-            "length"
-            if not stopped
-            else ("tool_calls" if output.calls and output.error is None else "stop")
-        )
+            calls_withheld = len(output.calls) + int(output.error is not None)
+        elif not stopped:
+            # A turn cut by the token limit may end inside a call: its text is
+            # returned, its calls never are, since the turn is incomplete.
+            calls_withheld = len(output.calls) + int(output.error is not None)
+            message = {"role": "assistant", "content": output.content or None}
+
+        finish_reason: FinishReason = "length"
+        if stopped:
+            has_calls = bool(output.calls) and output.error is None
+            finish_reason = "tool_calls" if has_calls else "stop"
 
         if audit is not None:
             audit.complete(
@@ -188,7 +197,12 @@ class Guard:
                 ],
                 validation_passed=validation.passed,
                 validation_errors=list(validation.errors),
-                policy_violated=not validation.passed,
+                # In shadow mode the grammar also saw the turn: a token it
+                # rejected is a violation even when the turn was cut short.
+                policy_violated=not validation.passed
+                or (sequence is not None and sequence.violation_step is not None),
+                truncated=not stopped,
+                calls_withheld=calls_withheld,
                 violation_step=sequence.violation_step if sequence else None,
                 engine_error=sequence.error if sequence else None,
                 output_returned=message is not None,
@@ -201,6 +215,7 @@ class Guard:
             output=output,
             validation=validation,
             text=text,
+            calls_withheld=calls_withheld,
         )
 
 

@@ -97,6 +97,7 @@ def validate_output(
     *,
     policy: Policy | None = None,
     session: Session | None = None,
+    complete: bool = True,
 ) -> ValidationResult:
     """Check every call of ``output`` against ``actions``.
 
@@ -106,14 +107,18 @@ def validate_output(
     With ``policy`` and ``session``, the allowed calls also go through
     :meth:`Policy.check_calls`: conditions on arguments, allow-lists and
     budgets that the grammar cannot fully carry.
+
+    ``complete`` False is for a turn cut off by the token limit: its end is
+    expected to be unfinished, so only its complete calls are judged, and a
+    missing or partial call is not a violation (the caller withholds it).
     """
     errors: list[str] = []
-    if output.error is not None:
+    if output.error is not None and complete:
         errors.append(f"malformed tool call: {output.error}")
 
     if actions.mode == "none" and output.calls:
         errors.append("a tool call was generated although tool_choice is 'none'")
-    if actions.mode == "required" and actions.tools and not output.calls:
+    if complete and actions.mode == "required" and actions.tools and not output.calls:
         errors.append("no tool call was generated although one is required")
     if not actions.parallel_calls and len(output.calls) > 1:
         errors.append(f"{len(output.calls)} calls generated; parallel calls are off")

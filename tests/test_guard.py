@@ -49,11 +49,28 @@ def test_token_limit_withholds_partial_call(backend):
         guard, load_example(), sink=AuditSink(stream), max_tokens=6
     )
 
-    assert result.message is None
     assert result.finish_reason == "length"
-    assert "generation hit the token limit" in result.validation.errors
+    assert result.calls_withheld == 1
+    assert result.message == {"role": "assistant", "content": None}
     summary = json.loads(stream.getvalue().splitlines()[-1])
-    assert summary["output_returned"] is False
+    assert summary["truncated"] is True
+    assert summary["calls_withheld"] == 1
+    assert summary["policy_violated"] is False
+    assert summary["output_returned"] is True
+
+
+def test_token_limit_keeps_plain_text(backend):
+    """A text answer cut off by the limit is returned, as OpenAI does."""
+    body = json.loads((REPO / "examples" / "refund.json").read_text())
+    body["tool_choice"] = "none"
+    guard = backend.guard(load_policy(REPO / "policies" / "support-agent.yaml"))
+
+    result = backend.generate(guard, parse_chat_request(body), sink=None, max_tokens=5)
+
+    assert result.finish_reason == "length"
+    assert result.calls_withheld == 0
+    assert result.message["content"]
+    assert result.validation.passed
 
 
 def test_request_may_carry_subset_of_policy_tools(hf_tokenizer):

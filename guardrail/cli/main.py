@@ -121,8 +121,16 @@ def run(
     if result.message is None:
         reasons = "; ".join(result.validation.errors)
         stderr.print(
-            "[bold red]error:[/] output withheld, it failed post-validation "
-            f"({escape(reasons)}). Raise --max-tokens if the call was cut off.",
+            "[bold red]error:[/] output withheld, it breaks the policy "
+            f"({escape(reasons)}).",
+            markup=True,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_INTERNAL)
+    if result.calls_withheld:
+        stderr.print(
+            "[bold red]error:[/] the token limit cut the turn off inside a tool "
+            "call, so its calls are withheld; raise --max-tokens.",
             markup=True,
             soft_wrap=True,
         )

@@ -341,18 +341,10 @@ def find_violations(
     unfinished. With ``policy`` and ``session``, the policy's own checks
     (conditions on arguments, allow-lists, budgets) run on every call too.
     """
-    checks = {"policy": policy, "session": session}
-    if stopped:
-        return list(validate_output(output, actions, **checks).errors)
-
-    errors: list[str] = []
-    for index, call in enumerate(output.calls):
-        single = ParsedOutput(content="", calls=(call,))
-        for error in validate_output(single, actions, **checks).errors:
-            errors.append(error.replace("calls[0]", f"calls[{index}]", 1))
-    if not actions.parallel_calls and len(output.calls) > 1:
-        errors.append(f"{len(output.calls)} calls generated; parallel calls are off")
-    return errors
+    result = validate_output(
+        output, actions, policy=policy, session=session, complete=stopped
+    )
+    return list(result.errors)
 
 
 def new_request_id(header: str | None) -> str:
