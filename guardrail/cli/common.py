@@ -37,17 +37,29 @@ def fail(err: GuardrailError) -> NoReturn:
 
 
 def read_json(path: Path, what: str) -> Any:
+    """Read a JSON file; every way it can be unreadable is a RequestError."""
     from guardrail.errors import RequestError
 
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as err:
         raise RequestError(f"cannot read {what} file {path}: {err.strerror}") from err
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RequestError(
+            f"{path}: not UTF-8 (invalid byte at offset {err.start}); save the "
+            f"{what} file as UTF-8"
+        ) from err
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise RequestError(
             f"{path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg})"
+        ) from err
+    except RecursionError as err:
+        raise RequestError(
+            f"{path}: JSON nested too deeply to read; flatten the {what} file"
         ) from err
 
 

@@ -149,6 +149,22 @@ def test_malformed_messages_are_rejected(tmp_path, body, expected):
     assert expected in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\xff\xfe{", "not UTF-8"),
+        (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+    ],
+)
+def test_unreadable_messages_file_is_input_error(tmp_path, content, expected):
+    messages = tmp_path / "m.json"
+    messages.write_bytes(content)
+    result = guardrail("run", "--policy", str(POLICY), "--messages", str(messages))
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_missing_policy_file_is_input_error(tmp_path):
     result = guardrail(
         "run", "--policy", str(tmp_path / "none.yaml"), "--messages", str(EXAMPLE)
