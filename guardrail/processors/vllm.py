@@ -60,7 +60,7 @@ from guardrail.grammar.compiler import GrammarCompiler
 from guardrail.grammar.formats import get_format
 from guardrail.processors.core import SequenceGuard, StepRecord, TokenMasker
 from guardrail.spec import GuardSpec, spec_from_extra_args
-from guardrail.validation import ValidationResult, validate_output
+from guardrail.validation import validate_output
 
 try:
     from vllm.v1.worker.gpu.sample.logits_processor import (
@@ -575,14 +575,12 @@ class GuardrailLogitsProcessor(*_bases()):  # type: ignore[misc]
             tokens = tokens[:-1]
         text = self._hf_tokenizer.decode(tokens, skip_special_tokens=True)
         output = get_format(row.spec.format).parse_output(text)
-        validation = validate_output(output, row.spec.actions())
-        if reason == "length":
-            validation = _failed(validation, "generation hit the token limit")
-        elif reason == "abort":
-            validation = _failed(
-                validation, "generation was stopped before end of sequence"
-            )
-        elif output.calls and output.error is None:
+        # A turn cut short (token limit, stop string, client gone) is judged
+        # on its complete calls only, as Guard.finish judges it; the engine
+        # returns every output, so withholding calls is the caller's part.
+        complete = reason == "stop"
+        validation = validate_output(output, row.spec.actions(), complete=complete)
+        if complete and output.calls and output.error is None:
             reason = "tool_calls"
 
         try:
@@ -596,7 +594,9 @@ class GuardrailLogitsProcessor(*_bases()):  # type: ignore[misc]
                 ],
                 validation_passed=validation.passed,
                 validation_errors=list(validation.errors),
-                policy_violated=not validation.passed,
+                policy_violated=not validation.passed
+                or row.guard.violation_step is not None,
+                truncated=not complete,
                 violation_step=row.guard.violation_step,
                 engine_error=row.guard.error,
                 generated_tokens=len(row.guard.tokens),
@@ -605,10 +605,6 @@ class GuardrailLogitsProcessor(*_bases()):  # type: ignore[misc]
             log.error(
                 "audit_write_failed", request_id=row.spec.request_id, error=str(err)
             )
-
-
-def _failed(validation: ValidationResult, error: str) -> ValidationResult:
-    return ValidationResult(passed=False, errors=(*validation.errors, error))
 
 
 def _is_first_tensor_parallel_rank() -> bool:

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
-from vllm_helpers import events_of, read_events, weather_spec
+from vllm_helpers import events_of, read_events, schema_errors, weather_spec
 
 from guardrail.audit.log import AuditSink
 from guardrail.grammar.hermes import HermesFormat
@@ -216,6 +216,7 @@ def test_churn_every_guarded_output_complies(vllm_backend, engine_audit):
     vllm_backend.flush_audit()
 
     events = read_events(engine_audit)
+    assert schema_errors(events) == []
     for index, (output, kind) in enumerate(zip(outputs, kinds, strict=True)):
         request_id = f"churn-{index}"
         completion = output.outputs[0]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from vllm_helpers import events_of, read_events, weather_spec
+from vllm_helpers import events_of, read_events, schema_errors, weather_spec
 
 from guardrail.spec import GuardSpec
 
@@ -292,6 +292,7 @@ def test_preempted_request_resumes(processor, audit_log):
     assert len(completed) == 1
     assert completed[0]["validation_passed"] is True
     assert completed[0]["calls"][0]["name"] == "get_weather"
+    assert schema_errors(events) == []
 
 
 def test_discarded_prefill_step_not_audited(processor, audit_log):
@@ -339,7 +340,8 @@ def test_freed_request_completed_as_abort(processor, audit_log):
     completed = events_of(read_events(audit_log), "aborted", "request_completed")
     assert len(completed) == 1
     assert completed[0]["finish_reason"] == "abort"
-    assert completed[0]["validation_passed"] is False
+    assert completed[0]["truncated"] is True
+    assert schema_errors(read_events(audit_log)) == []
 
 
 def test_second_instance_stops(vllm_config, audit_log):

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from vllm_helpers import events_of, read_events
+from vllm_helpers import events_of, read_events, schema_errors
 
 from guardrail.backends.vllm import prepare_vllm_request
 from guardrail.grammar.formats import ParsedCall, ParsedOutput
@@ -189,6 +189,7 @@ def test_chat_returns_only_allowed_calls(server, server_audit, hf_tokenizer):
     assert len(summary) == 1
     assert summary[0]["validation_passed"] is True
     assert summary[0]["engine"] == "vllm"
+    assert schema_errors(read_events(server_audit)) == []
 
 
 def test_bad_spec_returns_400(server, hf_tokenizer):

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from guardrail.audit.events import validation_errors
 from guardrail.spec import GuardSpec, SpecTool
 
 WEATHER_TOOL = SpecTool(
@@ -53,4 +54,13 @@ def events_of(
         event
         for event in events
         if event.get("request_id") == request_id and event["event"] == name
+    ]
+
+
+def schema_errors(events: list[dict[str, Any]]) -> list[str]:
+    """Return every audit schema violation in ``events``, each with its event."""
+    return [
+        f"{event['event']} {event.get('request_id')}: {error}"
+        for event in events
+        for error in validation_errors(event)
     ]
