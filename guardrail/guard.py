@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from guardrail.audit.context import open_request_audit
 from guardrail.audit.log import AuditSink, RequestAudit
+from guardrail.errors import RequestError
 from guardrail.grammar.compiler import (
     CompiledGrammar,
     GrammarCompiler,
@@ -26,7 +27,7 @@ from guardrail.grammar.formats import ParsedOutput, ToolCallFormat, get_format
 from guardrail.policy.evaluate import AllowedActions, evaluate_policy
 from guardrail.policy.lint import raise_for_lint
 from guardrail.policy.model import Policy
-from guardrail.request import ChatRequest
+from guardrail.request import ChatRequest, NamedToolChoice
 from guardrail.session import Session, session_from_request
 from guardrail.validation import ValidationResult, validate_output
 
@@ -108,6 +109,7 @@ class Guard:
         raise_for_lint(self.policy, request.tools, strict=False)
         session = session_from_request(request)
         actions = evaluate_policy(self.policy, request, session)
+        _reject_denied_named_choice(request, actions)
         check_tool_schemas(request, actions, self.policy)
         grammar = self.compiler.compile(actions, self.policy.sha256)
         prompt = self.format.render_prompt(self.hf_tokenizer, request)
@@ -217,6 +219,25 @@ class Guard:
             text=text,
             calls_withheld=calls_withheld,
         )
+
+
+def _reject_denied_named_choice(request: ChatRequest, actions: AllowedActions) -> None:
+    """Raise when ``tool_choice`` forces a tool the policy denies at this step.
+
+    Generating would then allow only end of sequence, an empty answer that
+    hides the refusal; the caller learns why instead.
+    """
+    choice = request.tool_choice
+    if not isinstance(choice, NamedToolChoice) or actions.tools:
+        return
+    name = choice.function.name
+    reasons = [d.reason for d in actions.decisions if d.tool == name]
+    reason = f" ({reasons[0]})" if reasons else ""
+    raise RequestError(
+        f"tool_choice names {name!r}, which the policy does not allow at this "
+        f"step{reason}; choose an allowed tool or 'auto'",
+        path="$.tool_choice.function.name",
+    )
 
 
 def _assistant_message(output: ParsedOutput) -> dict[str, Any]:

@@ -204,3 +204,18 @@ def test_run_logs_go_to_stderr(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["role"] == "assistant"
     assert "condition_failed" in result.stderr
+
+
+def test_tool_choice_of_denied_tool_is_rejected():
+    result = guardrail(
+        "run",
+        "--policy",
+        str(POLICY),
+        "--messages",
+        str(EXAMPLE),
+        "--tool-choice",
+        "delete_customer",
+    )
+    assert result.returncode == 2
+    assert "$.tool_choice.function.name" in result.stderr
+    assert "does not allow" in result.stderr
