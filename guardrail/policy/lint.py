@@ -83,8 +83,35 @@ def review_policy(policy: Policy, tools: Sequence[Tool] | None = None) -> list[F
     findings: list[Finding] = []
     if tools is not None:
         findings.extend(Finding.from_error(e) for e in lint_policy(policy, tools))
+        if not findings:
+            findings.extend(_grammar_findings(policy, tools))
     findings.extend(_warnings(policy, tools))
     return findings
+
+
+def _grammar_findings(policy: Policy, tools: Sequence[Tool]) -> list[Finding]:
+    """Compile each tool's narrowed schema as serving would, for the first step.
+
+    Catches what only the grammar engine knows: a pattern its regex syntax
+    rejects (look-behind), or bounds that leave no valid value.
+    """
+    from guardrail.errors import RequestError
+    from guardrail.grammar.compiler import check_tool_schemas
+    from guardrail.policy.evaluate import evaluate_policy
+    from guardrail.request import ChatRequest, UserMessage
+    from guardrail.session import session_from_request
+
+    request = ChatRequest(
+        messages=[UserMessage(role="user", content="")], tools=list(tools)
+    )
+    actions = evaluate_policy(policy, request, session_from_request(request))
+    try:
+        check_tool_schemas(request, actions, policy)
+    except PolicyError as err:
+        return [Finding.from_error(err)]
+    except RequestError as err:
+        return [Finding("error", str(err), "--tools")]
+    return []
 
 
 class _Linter:

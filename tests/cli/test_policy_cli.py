@@ -210,3 +210,24 @@ def test_explain_json_stays_valid_when_a_condition_fails(tmp_path: Path) -> None
     decision = next(t for t in payload["tools"] if t["tool"] == "lookup_order")
     assert decision["allowed"] is False
     assert "condition_failed" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("constraint", "expected"),
+    [
+        ('customer_id: {pattern: "(?<=x)a"}', "look-behind"),
+        ("customer_id: {minLength: 10, maxLength: 2}", "cannot enforce"),
+    ],
+)
+def test_check_compiles_narrowed_schemas(
+    tmp_path: Path, constraint: str, expected: str
+) -> None:
+    """What only the grammar engine rejects is found before rollout."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        "policy: p\ntools:\n  search_orders:\n    allow: true\n"
+        f"    arguments:\n      {constraint}\n"
+    )
+    result = guardrail("check", str(policy), "--tools", str(EXAMPLES / "refund.json"))
+    assert result.returncode == 2
+    assert expected in result.stderr
