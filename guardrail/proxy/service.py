@@ -95,7 +95,7 @@ class ChatService:
 
         record.update(status=200, latency_ms=_ms(started))
         try:
-            self.sink.emit("proxy_request", **record)
+            self.sink.emit("proxy_request", **_with_join_keys(record))
         except AuditError as err:
             failed = ProxyError(
                 500,
@@ -313,7 +313,7 @@ class ChatService:
             latency_ms=_ms(started),
         )
         try:
-            self.sink.emit("proxy_request", **record)
+            self.sink.emit("proxy_request", **_with_join_keys(record))
         except AuditError as audit_err:
             log.error(
                 "audit_write_failed",
@@ -345,6 +345,14 @@ def find_violations(
         output, actions, policy=policy, session=session, complete=stopped
     )
     return list(result.errors)
+
+
+_JOIN_KEYS = ("request_id", "session_id", "policy", "policy_sha256", "mode", "engine")
+
+
+def _with_join_keys(record: dict[str, Any]) -> dict[str, Any]:
+    """Give every join key a value, null where the request never got that far."""
+    return {**dict.fromkeys(_JOIN_KEYS), **record}
 
 
 def new_request_id(header: str | None) -> str:

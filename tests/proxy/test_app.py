@@ -149,7 +149,7 @@ def test_concurrent_requests_keep_sessions_apart(
     assert len({spec.session_id for spec in specs}) == len(customers)
 
 
-def test_unbound_request_rejected(standin, start_proxy, refund_body):
+def test_unbound_request_rejected(standin, start_proxy, refund_body, tmp_path):
     """A request no binding selects gets 403 and never reaches the upstream."""
     upstream, upstream_server = standin()
     _, proxy = start_proxy(f"{upstream_server.url}/v1")
@@ -167,6 +167,10 @@ def test_unbound_request_rejected(standin, start_proxy, refund_body):
     assert error["code"] == "unbound_request"
     assert "support-agent" in error["message"]
     assert len(upstream.bodies) == probes
+    event = audit_events(tmp_path / "audit.jsonl", "proxy_request")[0]
+    for key in ("request_id", "session_id", "policy", "policy_sha256", "mode"):
+        assert key in event, key
+    assert event["policy"] is None
 
 
 def test_api_key_and_header_binding(standin, start_proxy, refund_body):
