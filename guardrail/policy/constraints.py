@@ -11,6 +11,7 @@ load time instead of being ignored, because an ignored constraint is a hole.
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -96,10 +97,13 @@ def check_constraint(
     for keyword, value in constraint.items():
         if keyword not in allowed:
             supported = ", ".join(sorted(allowed))
-            fit = "is not supported" if _is_known(keyword) else "is not a known keyword"
+            known = _is_known(keyword)
+            fit = "is not supported" if known else "is not a known keyword"
+            close = difflib.get_close_matches(keyword, sorted(allowed), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close and not known else ""
             raise ConstraintProblem(
                 f"keyword {keyword!r} {fit} for an argument of type "
-                f"{'/'.join(types)}; supported here: {supported}",
+                f"{'/'.join(types)}.{hint} Supported here: {supported}",
                 keyword,
             )
         _check_value(keyword, value, property_schema)

@@ -106,6 +106,7 @@ def test_unknown_argument_in_policy_suggests_name(tmp_path):
         ("{uniqueItems: true}", "'uniqueItems' is not supported"),
         ("{maxLength: 3}", "not supported for an argument of type number"),
         ("{frobnicate: 1}", "'frobnicate' is not a known keyword"),
+        ("{maximun: 1}", "Did you mean 'maximum'?"),
         ("{maximum: lots}", "maximum must be a number"),
         ("{enum: [-1]}", "is not valid for the tool's own schema"),
     ],
