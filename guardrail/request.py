@@ -193,7 +193,8 @@ def parse_chat_request(body: Any) -> ChatRequest:
     try:
         request = ChatRequest.model_validate(body)
     except ValidationError as err:
-        first = err.errors()[0]
+        # Of a union's alternatives, the deepest error is the most specific.
+        first = max(err.errors(), key=lambda e: len(_drop_union_tags(e["loc"])))
         raise RequestError(
             first["msg"], path=format_json_path(_drop_union_tags(first["loc"]))
         ) from err
@@ -206,11 +207,20 @@ def parse_chat_request(body: Any) -> ChatRequest:
 
 
 def _drop_union_tags(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    """Remove the role tag pydantic inserts after ``messages[i]`` in error paths."""
+    """Remove the union member names pydantic inserts into error paths.
+
+    They are the role tag after ``messages[i]`` and names such as
+    ``literal['auto','none','required']`` or ``NamedToolChoice`` under
+    ``tool_choice``; none of them is a key of the request body.
+    """
     kept: list[int | str] = []
     for index, part in enumerate(loc):
         after_message = index >= 2 and loc[index - 2] == "messages"
         if after_message and isinstance(loc[index - 1], int):
+            continue
+        if isinstance(part, str) and (
+            part.startswith(("literal[", "function-")) or part[:1].isupper()
+        ):
             continue
         kept.append(part)
     return tuple(kept)

@@ -95,3 +95,15 @@ def test_assistant_tool_calls_parse():
 def test_role_tag_is_dropped_from_error_path():
     with pytest.raises(RequestError, match=r"^\$\.messages\[0\]\.content: "):
         parse_chat_request({"messages": [{"role": "user"}]})
+
+
+@pytest.mark.parametrize(
+    ("choice", "path"),
+    [
+        ("sometimes", r"^\$\.tool_choice: "),
+        ({"type": "function"}, r"^\$\.tool_choice\.function: "),
+    ],
+)
+def test_tool_choice_errors_use_request_paths(choice, path):
+    with pytest.raises(RequestError, match=path):
+        parse_chat_request({"messages": [USER], "tool_choice": choice})
