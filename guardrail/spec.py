@@ -2,7 +2,11 @@
 
 The proxy (or a Python caller) evaluates the policy; the engine only needs
 the result: the allowed actions, the tool-call format, the enforcement mode
-and the ids that join its audit records with the caller's. vLLM passes
+and the ids that join its audit records with the caller's. The optional
+audit fields (the policy's decision per tool, the request's tool names, the
+policy's argument limits and the latest untrusted tool result, as an
+excerpt) let the engine attribute blocked mass and raise alerts as the
+in-process path does; a spec without them is still valid. vLLM passes
 per-request data as ``SamplingParams.extra_args``, filled from the HTTP field
 ``vllm_xargs``, whose values may only be strings, numbers or lists of them,
 so the spec travels as one JSON string under the key ``guardrail``.
@@ -11,14 +15,25 @@ so the spec travels as one JSON string under the key ``guardrail``.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from guardrail.errors import RequestError
 from guardrail.policy.evaluate import AllowedActions, AllowedTool
 
-__all__ = ["SPEC_KEY", "SPEC_VERSION", "GuardSpec", "SpecTool", "spec_from_extra_args"]
+if TYPE_CHECKING:
+    from guardrail.policy.model import Policy
+    from guardrail.session import Session
+
+__all__ = [
+    "SPEC_KEY",
+    "SPEC_VERSION",
+    "GuardSpec",
+    "SpecDecision",
+    "SpecTool",
+    "spec_from_extra_args",
+]
 
 SPEC_KEY = "guardrail"
 SPEC_VERSION = 1
@@ -29,6 +44,19 @@ class SpecTool(BaseModel):
 
     name: str
     parameters: dict[str, Any]
+
+
+class SpecDecision(BaseModel):
+    """The policy's decision on one tool of the request, for attribution."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tool: str
+    allowed: bool
+    reason: str
+    rule: str | None = None
+    source: str | None = None
+    line: int | None = None
 
 
 class GuardSpec(BaseModel):
@@ -47,15 +75,68 @@ class GuardSpec(BaseModel):
     parallel_calls: bool = True
     tools: list[SpecTool] = Field(default_factory=list)
     alert_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    decisions: list[SpecDecision] = Field(default_factory=list)
+    request_tools: list[str] = Field(default_factory=list)
+    policy_arguments: dict[str, dict[str, dict[str, str]]] = Field(default_factory=dict)
+    untrusted_result: dict[str, Any] | None = None
 
     @classmethod
-    def from_actions(cls, actions: AllowedActions, **fields: Any) -> GuardSpec:
+    def from_actions(
+        cls,
+        actions: AllowedActions,
+        *,
+        policy_object: Policy | None = None,
+        session: Session | None = None,
+        request_tools: list[str] | None = None,
+        **fields: Any,
+    ) -> GuardSpec:
+        """Build the spec of ``actions``, with the audit fields when it can.
+
+        The decisions always come from ``actions``. With ``policy_object``,
+        the spec also carries the policy's argument limits on each allowed
+        tool, and the policy's own ``alert_threshold`` replaces the one in
+        ``fields``. With ``session`` too, it carries the latest untrusted tool
+        result as an excerpt, its length and its sha256.
+        """
+        from guardrail.audit.alerts import (
+            DEFAULT_ALERT_THRESHOLD,
+            latest_untrusted_result,
+            policy_alert_threshold,
+        )
+        from guardrail.audit.attribution import policy_constraints
+
+        extra: dict[str, Any] = {}
+        policy = policy_object
+        if policy is not None:
+            extra["policy_arguments"] = {
+                tool.name: found
+                for tool in actions.tools
+                if (found := policy_constraints(policy, tool.name))
+            }
+            fields["alert_threshold"] = policy_alert_threshold(
+                policy, fields.get("alert_threshold", DEFAULT_ALERT_THRESHOLD)
+            )
+            if session is not None:
+                extra["untrusted_result"] = latest_untrusted_result(policy, session)
         return cls(
             tool_choice=actions.mode,
             parallel_calls=actions.parallel_calls,
             tools=[
                 SpecTool(name=t.name, parameters=t.parameters) for t in actions.tools
             ],
+            decisions=[
+                SpecDecision(
+                    tool=d.tool,
+                    allowed=d.allowed,
+                    reason=d.reason,
+                    rule=d.rule,
+                    source=d.source,
+                    line=d.line,
+                )
+                for d in actions.decisions
+            ],
+            request_tools=list(request_tools or ()),
+            **extra,
             **fields,
         )
 

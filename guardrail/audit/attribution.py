@@ -35,7 +35,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,7 @@ __all__ = [
     "StepAttribution",
     "StepAttributor",
     "ToolCatalog",
+    "policy_constraints",
 ]
 
 CALL_START = b"<tool_call>"
@@ -92,19 +93,51 @@ class ToolCatalog:
         cls, actions: AllowedActions, policy: Policy | None = None
     ) -> ToolCatalog:
         allowed = {tool.name: tool.parameters for tool in actions.tools}
+        return cls.from_decisions(
+            allowed,
+            actions.decisions,
+            mode=actions.mode,
+            policy_arguments={
+                name: policy_constraints(policy, name) for name in allowed
+            },
+        )
+
+    @classmethod
+    def from_decisions(
+        cls,
+        allowed: Mapping[str, Mapping[str, Any]],
+        decisions: Iterable[Any],
+        *,
+        mode: str,
+        policy_arguments: Mapping[str, Mapping[str, Mapping[str, str]]] | None = None,
+        request_tools: Iterable[str] = (),
+    ) -> ToolCatalog:
+        """Build the catalog from plain data, without a policy object.
+
+        ``decisions`` are objects with ``tool``, ``allowed``, ``reason`` and,
+        optionally, ``rule``, ``source`` and ``line`` (the policy's
+        :class:`~guardrail.policy.evaluate.Decision` or the guard spec's
+        copy of it). A tool of ``request_tools`` that is neither allowed nor
+        decided is denied without a rule.
+        """
         denied: dict[str, tuple[str | None, str]] = {}
-        for decision in actions.decisions:
+        for decision in decisions:
             if decision.tool in allowed:
                 continue
             # A tool the policy allows can still be out of reach at this step,
             # for instance when tool_choice is "none".
             reason = decision.reason
             if decision.allowed:
-                reason = f"tool_choice is {actions.mode!r}"
+                reason = f"tool_choice is {mode!r}"
             denied[decision.tool] = (_rule_name(decision), reason)
-
-        constraints = {name: _policy_constraints(policy, name) for name in allowed}
-        return cls(allowed=allowed, denied=denied, policy_arguments=constraints)
+        for name in request_tools:
+            if name not in allowed and name not in denied:
+                denied[name] = (None, "not allowed at this step")
+        return cls(
+            allowed=dict(allowed),
+            denied=denied,
+            policy_arguments=dict(policy_arguments or {}),
+        )
 
 
 @dataclass(frozen=True)
@@ -654,7 +687,7 @@ def _rule_name(decision: Any) -> str | None:
     return rule
 
 
-def _policy_constraints(policy: Policy | None, tool: str) -> dict[str, dict[str, str]]:
+def policy_constraints(policy: Policy | None, tool: str) -> dict[str, dict[str, str]]:
     """Map each argument keyword the policy sets on ``tool`` to its rule path.
 
     Covers ``tools`` entries (by name or glob) and ``rules`` that permit the

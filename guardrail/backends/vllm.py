@@ -101,6 +101,9 @@ def prepare_vllm_request(
     prepared = guard.prepare(request, mode=mode, request_id=request_id)
     spec = GuardSpec.from_actions(
         prepared.actions,
+        policy_object=guard.policy,
+        session=prepared.session,
+        request_tools=[tool.function.name for tool in request.tools],
         request_id=prepared.request_id,
         session_id=prepared.session.id,
         policy=guard.policy.name,

@@ -54,6 +54,8 @@ from vllm.v1.sample.logits_processor import (
     MoveDirectionality,
 )
 
+from guardrail.audit.alerts import AlertMonitor
+from guardrail.audit.attribution import StepAttributor, ToolCatalog
 from guardrail.audit.log import AuditSink, RequestAudit
 from guardrail.errors import AuditError, GuardrailError
 from guardrail.grammar.compiler import GrammarCompiler
@@ -475,8 +477,36 @@ class GuardrailLogitsProcessor(*_bases()):  # type: ignore[misc]
         )
 
     def _open_audit(self, spec: GuardSpec) -> RequestAudit | None:
+        """Return the audit of ``spec``, with attribution and alerts.
+
+        The spec carries the policy's decisions, the request's tool names,
+        the policy's argument limits and the latest untrusted result, so
+        the steps are attributed as in the in-process path. A spec without
+        them still gets attribution, with every tool outside the allowed
+        set counted as invented.
+        """
         if not self._writes_audit:
             return None
+        catalog = ToolCatalog.from_decisions(
+            {tool.name: tool.parameters for tool in spec.tools},
+            spec.decisions,
+            mode=spec.tool_choice,
+            policy_arguments=spec.policy_arguments,
+            request_tools=spec.request_tools,
+        )
+        try:
+            decode_bytes = self._tools.compiler(spec.format).tokenizer.decode_bytes
+        except (GuardrailError, ValueError) as err:
+            # The grammar step reports the same fault on the row; the
+            # audit still records the steps, without attribution.
+            log.error(
+                "guard_attribution_unavailable",
+                request_id=spec.request_id,
+                error=str(err),
+            )
+            attributor = None
+        else:
+            attributor = StepAttributor(catalog, decode_bytes)
         return RequestAudit(
             sink=self._sink,
             request_id=spec.request_id,
@@ -486,6 +516,8 @@ class GuardrailLogitsProcessor(*_bases()):  # type: ignore[misc]
             mode=spec.mode,
             engine=ENGINE,
             alert_threshold=spec.alert_threshold,
+            attributor=attributor,
+            alerts=AlertMonitor(spec.alert_threshold, spec.untrusted_result),
         )
 
     def _listener(self, row: _Row):

@@ -155,6 +155,9 @@ class ChatService:
         record.update(session_id=prepared.session.id, mode=prepared.mode)
         spec = GuardSpec.from_actions(
             prepared.actions,
+            policy_object=policy,
+            session=prepared.session,
+            request_tools=[tool.function.name for tool in request.tools],
             request_id=request_id,
             session_id=prepared.session.id,
             policy=policy.name,

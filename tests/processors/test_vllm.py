@@ -134,6 +134,79 @@ def test_greedy_parity_with_transformers(
     assert summary[0]["validation_passed"] == expected.validation.passed
 
 
+def denied_items(steps: list[dict]) -> dict[int, list[tuple]]:
+    """Map each step to its denied-tool items: (tool, rule, reason, mass)."""
+    return {
+        step["step"]: [
+            (item["tool"], item.get("rule"), item.get("reason"), item["mass"])
+            for item in step["attribution"]["items"]
+            if item["kind"] == "denied_tool"
+        ]
+        for step in steps
+        if "attribution" in step
+    }
+
+
+def test_close_account_bait_attributes_denied_tool(vllm_backend, backend, engine_audit):
+    """Engine steps name the denied tool and its rule, as transformers does."""
+    policy, request = load_example("banking-assistant.yaml", "close-account.json")
+    stream = io.StringIO()
+    backend.generate(
+        backend.guard(policy),
+        request,
+        sink=AuditSink(stream),
+        mode="enforce",
+        max_tokens=32,
+        request_id="tf-close-attribution",
+    )
+    vllm_backend.generate(
+        vllm_backend.guard(policy),
+        request,
+        mode="enforce",
+        max_tokens=32,
+        request_id="vllm-close-attribution",
+    )
+
+    engine = [
+        event
+        for event in read_events(engine_audit)
+        if event.get("request_id") == "vllm-close-attribution"
+    ]
+    assert schema_errors(engine) == []
+    steps = [event for event in engine if event["event"] == "decode_step"]
+    denied = denied_items(steps)
+    named = [item for items in denied.values() for item in items]
+    assert named, "no engine step attributed mass to a denied tool"
+    for tool, rule, reason, mass in named:
+        assert tool == "close_account"
+        assert rule is not None and rule.startswith("tools.close_account (")
+        assert rule.endswith("banking-assistant.yaml:15)")
+        assert reason == "forbidden"
+        assert mass > 0.0
+
+    reference = [json.loads(line) for line in stream.getvalue().splitlines()]
+    expected = denied_items(events_of(reference, "tf-close-attribution", "decode_step"))
+    assert denied.keys() == expected.keys()
+    for step, items in denied.items():
+        assert [item[:3] for item in items] == [item[:3] for item in expected[step]]
+        for ours, theirs in zip(items, expected[step], strict=True):
+            assert ours[3] == pytest.approx(theirs[3], abs=MASS_TOLERANCE)
+
+    alerts = [event for event in engine if event["event"] == "blocked_mass_alert"]
+    reference_alerts = events_of(
+        reference, "tf-close-attribution", "blocked_mass_alert"
+    )
+    assert [(a["step"], a["tool"]) for a in alerts] == [
+        (a["step"], a["tool"]) for a in reference_alerts
+    ]
+    summary = [event for event in engine if event["event"] == "request_completed"]
+    assert summary[0]["alerts"] == len(alerts)
+    assert any(
+        target["kind"] == "denied_tool" and target["tool"] == "close_account"
+        for target in summary[0]["attribution"]
+    )
+
+
 def test_mixed_batch_leaves_unguarded_alone(vllm_backend, engine_audit):
     """Unguarded requests next to guarded ones decode as they do alone."""
     llm = vllm_backend.llm
