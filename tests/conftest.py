@@ -46,3 +46,12 @@ def policies_dir() -> Path:
 @pytest.fixture
 def examples_dir() -> Path:
     return REPO / "examples"
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog():
+    """Give every test structlog's defaults; CLI commands configure it globally."""
+    import structlog
+
+    yield
+    structlog.reset_defaults()

@@ -83,7 +83,17 @@ def configure_logging() -> None:
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(ensure_ascii=False),
         ],
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=_stderr_logger,
+        # Not cached: each event looks up sys.stderr again, so a stream that
+        # was replaced and closed (as test runners do) is never written to.
+        cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+
+def _stderr_logger(*_args: Any) -> Any:
+    import sys
+
+    import structlog
+
+    return structlog.PrintLogger(sys.stderr)
