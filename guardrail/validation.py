@@ -1,9 +1,13 @@
 """Post-validation: check generated calls again, independently of the mask.
 
-The mask makes a forbidden call impossible to generate; this check reads the
-finished text with a JSON parser and jsonschema, so a defect in the grammar,
-the engine or a backend that ignored the mask still cannot pass a forbidden
-call on.
+The mask makes a forbidden call impossible to generate. This check reads the
+finished text with a JSON parser and jsonschema, so that a defect in the
+grammar, or an engine that ignored the mask, is caught before a call is
+passed on.
+
+NOTE: numbers are compared as Python floats, so a value that differs from a
+bound only past float precision (``100.00000000000000001`` against
+``maximum: 100``) passes here; the grammar compares the digits exactly.
 """
 
 from __future__ import annotations
