@@ -224,8 +224,8 @@ class Guard:
 def _reject_denied_named_choice(request: ChatRequest, actions: AllowedActions) -> None:
     """Raise when ``tool_choice`` forces a tool the policy denies at this step.
 
-    Generating would then allow only end of sequence, an empty answer that
-    hides the refusal; the caller learns why instead.
+    Generating would then allow only end of sequence, an empty message that
+    hides the refusal. The error tells the caller why instead.
     """
     choice = request.tool_choice
     if not isinstance(choice, NamedToolChoice) or actions.tools:

@@ -60,7 +60,7 @@ def test_token_limit_withholds_partial_call(backend):
 
 
 def test_token_limit_keeps_plain_text(backend):
-    """A text answer cut off by the limit is returned, as OpenAI does."""
+    """A text reply cut off by the limit is returned, as OpenAI does."""
     body = json.loads((REPO / "examples" / "refund.json").read_text())
     body["tool_choice"] = "none"
     guard = backend.guard(load_policy(REPO / "policies" / "support-agent.yaml"))

@@ -84,9 +84,9 @@ class GrammarCompiler:
             text, self.tokenizer
         )
         if is_error:
-            # llguidance's message can quote the whole grammar, which holds
-            # other tools' schemas and the policy's constraints: keep the
-            # first line only, since callers may see this message.
+            # llguidance's message can quote the whole grammar, which contains
+            # other tools' schemas and the policy's constraints. Callers may
+            # see this message, so only its first line is kept.
             reason = messages[0].splitlines()[0][:300]
             raise GrammarError(
                 f"llguidance rejected the grammar built for tools "

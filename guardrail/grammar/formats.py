@@ -1,6 +1,6 @@
 """The seam between guardrail and a model family's tool-call format.
 
-A format knows three things: how to show tools and earlier calls in the
+A format defines three things: how to show tools and earlier calls in the
 prompt, the grammar that lets only allowed calls through in its own layout,
 and how to read calls back out of generated text. Hermes/Qwen
 (``<tool_call>{...}</tool_call>``) is implemented in :mod:`.hermes`; Llama 3

@@ -60,7 +60,7 @@ class HermesFormat:
         natively. One that ignores them (SmolLM2's does) gets the tool list
         merged into the first system message. Earlier calls become
         ``<tool_call>`` blocks and results ``<tool_response>`` blocks, so the
-        model sees its history in the layout it is asked to produce.
+        model reads its history in the layout it is asked to produce.
         """
         if request.tools and template_renders_tools(tokenizer):
             rendered = tokenizer.apply_chat_template(

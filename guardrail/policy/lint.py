@@ -92,7 +92,7 @@ def review_policy(policy: Policy, tools: Sequence[Tool] | None = None) -> list[F
 def _grammar_findings(policy: Policy, tools: Sequence[Tool]) -> list[Finding]:
     """Compile each tool's narrowed schema as serving would, for the first step.
 
-    Catches what only the grammar engine knows: a pattern its regex syntax
+    Finds what only the grammar engine rejects: a pattern its regex syntax
     rejects (look-behind), or bounds that leave no valid value.
     """
     from guardrail.errors import RequestError

@@ -12,7 +12,7 @@ its rows and, in one pass per step:
 4. sets blocked logits to ``-inf`` in enforce mode (nothing in shadow mode).
 
 No row is ever left all ``-inf``: when the matcher allows nothing (an error
-state), end of sequence is the only allowed token and the step says so.
+state), end of sequence is the only allowed token, and the step record marks it.
 """
 
 from __future__ import annotations
@@ -213,7 +213,10 @@ class TokenMasker:
         return _MASKED
 
     def _unpack(self, bitmask: torch.Tensor) -> torch.Tensor:
-        bits = (bitmask.unsqueeze(-1) >> self._shifts.to(bitmask.device)) & 1
+        # Moved once per device, not once per step: on a GPU each .to() copies.
+        if self._shifts.device != bitmask.device:
+            self._shifts = self._shifts.to(bitmask.device)
+        bits = (bitmask.unsqueeze(-1) >> self._shifts) & 1
         return bits.bool().flatten(1)[:, : self.vocab_size]
 
     def _measure(

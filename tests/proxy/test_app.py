@@ -295,7 +295,7 @@ def test_args_condition_checked_after_generation(
     """A condition on args cannot be masked; the proxy checks it afterwards.
 
     The call passes the mask (refund_order is permitted), so the upstream is
-    not blamed: the answer is 422 and the next request is still served.
+    not blamed: the response is 422 and the next request is still served.
     """
     (policy_dir / "support-agent.yaml").write_text(ARGS_CONDITION_POLICY, "utf-8")
     refund = call_text(
